@@ -1,0 +1,93 @@
+"""Every use of Keras internals, in one place.
+
+Keras 3 has no public hook for "the learning rate an update applied", for
+"walk this object when saving a ``.keras`` file", or for "evaluate the rate
+at another step". Each function below wraps exactly one private name. They were
+checked against Keras 3.15.0 and 3.15.1 (TensorFlow 2.20 and 2.21);
+``tests/test_keras_private.py`` fails loudly when a Keras release changes any
+of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import keras
+from keras.src.optimizers.schedules import learning_rate_schedule
+
+# ``_walk_saveable`` in keras/src/saving/saving_lib.py saves and loads every
+# attribute of an optimizer that is an instance of this class, each in a group
+# of its own. That is how the cached rate travels in ``.keras`` and
+# ``.weights.h5`` files without changing the optimizer's own variable count,
+# which plain Keras optimizers insist on.
+from keras.src.saving.keras_saveable import KerasSaveable as KerasSaveable
+
+# The method that every Keras backend calls once per *applied* update with the
+# exact learning-rate value it hands to ``update_step`` (inside the
+# gradient-accumulation branch that really updates; never on skipped steps).
+UPDATE_STEP_HOOK = "_backend_update_step"
+
+
+def raw_step_counter(optimizer: Any) -> Any:
+    """The optimizer's raw step counter variable (micro-steps included).
+
+    ``optimizer.iterations`` divides by ``gradient_accumulation_steps``; the
+    schedule is evaluated at the raw counter.
+    """
+    return optimizer._iterations
+
+
+def learning_rate_at(optimizer: Any, step: Any) -> Any:
+    """The learning rate Keras would pass to ``update_step`` at raw ``step``.
+
+    Mirrors ``BaseOptimizer._get_current_learning_rate`` with the step given
+    explicitly instead of read from ``optimizer._iterations``.
+    """
+    rate = optimizer._learning_rate
+    if isinstance(rate, learning_rate_schedule.LearningRateSchedule):
+        return rate(step)
+    if isinstance(rate, keras.Variable):
+        return rate
+    if callable(rate):
+        return rate()
+    return rate
+
+
+def learning_rate_source(optimizer: Any) -> Any:
+    """What the optimizer's learning rate comes from: schedule, callable or variable."""
+    return optimizer._learning_rate
+
+
+def describe_store(store: Any) -> str:
+    """Names the file behind a Keras weights store, for error messages."""
+    archive = getattr(store, "archive", None)
+    inner = getattr(store, "path_or_io", None)
+    entry = getattr(store, "_h5_entry_path", None)
+    where = ""
+    if archive is not None and getattr(archive, "filename", None):
+        where = f"{archive.filename} (member {inner})"
+    elif inner is not None:
+        where = str(inner)
+    else:
+        where = f"<{type(store).__name__}>"
+    if entry:
+        where += f", group '{entry}'"
+    return where
+
+
+@contextlib.contextmanager
+def eager_scope() -> Iterator[None]:
+    """Leaves any function being traced, so assignments run once, now.
+
+    Optimizers are often built while ``fit`` traces its train function; state
+    loaded before that must be written eagerly, not baked into every step.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        with tf.init_scope():
+            yield
+    else:
+        yield

@@ -1,0 +1,170 @@
+"""The per-step mechanism shared by every introspectable optimizer.
+
+One mixin, placed before a Keras optimizer class in the bases, adds:
+
+* at build: the cached-rate state (two scalar variables, see ``_state``);
+* on every applied update: one write of the learning rate Keras passed to
+  ``update_step`` (and the update count it belongs to), on the device;
+* ``current_learning_rate``: a snapshot of that value, or, while no update has
+  been applied or after a file restored ``iterations`` without the cache, the
+  value derived from the schedule so that the contract still holds;
+* strict loading of ``.keras`` / ``.weights.h5`` optimizer state.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from . import _keras_private, _persistence
+from ._state import AppliedRateState
+
+if TYPE_CHECKING:
+    _OptimizerBase = keras.optimizers.Optimizer
+else:
+    _OptimizerBase = object
+
+
+def _rate_dtype(optimizer: Any, value: Any) -> str:
+    """Validates a learning-rate value and returns the dtype to cache it in.
+
+    Only static information is used (no host round-trip): Python numbers and
+    the dtype and shape of tensors and variables.
+    """
+    dtype: str | None = None
+    shape: Any = ()
+    if isinstance(value, (bool, np.bool_)):
+        dtype = None
+    elif isinstance(value, (int, float, np.integer, np.floating)):
+        dtype = keras.backend.standardize_dtype(getattr(value, "dtype", keras.config.floatx()))
+    elif hasattr(value, "dtype") and hasattr(value, "shape"):
+        try:
+            dtype = keras.backend.standardize_dtype(value.dtype)
+        except ValueError:
+            dtype = None
+        shape = value.shape
+    rank = None if shape is None else getattr(shape, "rank", None) if not isinstance(shape, tuple) else len(shape)
+    if rank is None and shape is not None:
+        try:
+            rank = len(shape)
+        except (TypeError, ValueError):  # unknown rank while tracing
+            rank = None
+    numeric = dtype is not None and (dtype.startswith("float") or dtype.startswith(("int", "uint")) or dtype == "bfloat16")
+    if not numeric or (rank is not None and rank != 0):
+        source = _keras_private.learning_rate_source(optimizer)
+        raise ValueError(
+            f"The learning rate of {type(optimizer).__name__} '{optimizer.name}' "
+            f"comes from {source!r}, which returned {value!r} "
+            f"(type {type(value).__name__}"
+            + (f", dtype {dtype}" if dtype else "")
+            + (f", shape {tuple(shape)}" if rank else "")
+            + "). Expected a scalar number: a Python float or a 0-d float "
+            "tensor. Make the schedule or callable return one, e.g. "
+            "`keras.ops.convert_to_tensor(0.01)`."
+        )
+    assert dtype is not None
+    if not (dtype.startswith("float") or dtype == "bfloat16"):
+        return keras.config.floatx()
+    return dtype
+
+
+class IntrospectionMixin(_OptimizerBase):
+    """Adds ``current_learning_rate`` to the Keras optimizer it precedes in the MRO."""
+
+    def _ensure_introspection_state(self) -> AppliedRateState:
+        """The state object, created on first need (build or load).
+
+        A method, not a property: Keras's saving walks every attribute, and the
+        state must be reachable under exactly one name.
+        """
+        state = self.__dict__.get("_introspection_state")
+        if state is None:
+            state = AppliedRateState()
+            # Attribute assignment makes it a named tf.train.Checkpoint
+            # dependency (restored even when attached after `restore()`) and
+            # a group of its own in .keras / .weights.h5 files.
+            self._introspection_state = state
+        return state
+
+    @property
+    def current_learning_rate(self) -> Any:
+        """The learning rate the last applied update used, as a scalar tensor.
+
+        Unlike ``optimizer.learning_rate`` (the rate the *next* update will use,
+        re-evaluated on every read), this is the value the most recent update
+        actually applied, cached on the device by that update. Before any
+        update it is the rate the first update will use. Gradient-accumulation
+        micro-steps and steps skipped by a ``LossScaleOptimizer`` leave it
+        unchanged. Reading it returns a snapshot tensor, never the variable:
+        ``float(...)`` works in eager mode (also under a ``tf.distribute``
+        strategy), and inside a ``tf.function`` it is ordered after any
+        ``apply_gradients`` earlier in the same function.
+
+        Example:
+
+        >>> import keras, introspect_opt
+        >>> schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.5)
+        >>> opt = introspect_opt.IntrospectableSGD(learning_rate=schedule)
+        >>> w = keras.Variable([1.0])
+        >>> for _ in range(3):
+        ...     _ = opt.apply_gradients([(keras.ops.ones((1,)), w)])
+        >>> float(opt.current_learning_rate)  # applied by update 3: s(2)
+        0.025
+        >>> float(opt.learning_rate)  # what update 4 will use: s(3)
+        0.0125
+        """
+        state = self.__dict__.get("_introspection_state")
+        count = self.iterations
+        if state is None or not state.has_variables:
+            value = self._derived_rate(count)
+            return ops.copy(ops.cast(value, _rate_dtype(self, value)))
+        rate_var = state.applied_learning_rate
+        count = ops.cast(count, state.update_count.dtype)
+        return ops.cond(
+            ops.equal(state.update_count, count),
+            lambda: ops.copy(rate_var),
+            lambda: ops.copy(ops.cast(self._derived_rate(count), rate_var.dtype)),
+        )
+
+    def _derived_rate(self, update_count: Any) -> Any:
+        """The rate the last update applied (or the first will), recomputed.
+
+        With ``gradient_accumulation_steps=k`` Keras evaluates the schedule at
+        the raw micro-step counter, so update ``n`` used ``lr(n*k - 1)``.
+        """
+        k = self.gradient_accumulation_steps or 1
+        counter_dtype = _keras_private.raw_step_counter(self).dtype
+        update_count = ops.cast(update_count, counter_dtype)
+        step = ops.where(
+            ops.greater(update_count, 0),
+            ops.subtract(ops.multiply(update_count, k), 1),
+            ops.cast(k - 1, counter_dtype),
+        )
+        return _keras_private.learning_rate_at(self, step)
+
+    def build(self, variables: Any) -> None:
+        if self.built:
+            return
+        super().build(variables)
+        state = self._ensure_introspection_state()
+        if not state.has_variables:
+            state.create_variables(self, _rate_dtype(self, self.learning_rate))
+        _persistence.apply_pending(self, state)
+
+    def _backend_update_step(self, grads: Any, trainable_variables: Any, learning_rate: Any) -> None:
+        # Keras calls this once per applied update, with the very value it
+        # passes to every `update_step` (see _keras_private.UPDATE_STEP_HOOK).
+        _rate_dtype(self, learning_rate)  # a clear error before Keras's own
+        super()._backend_update_step(grads, trainable_variables, learning_rate)
+        state = self._ensure_introspection_state()
+        count_dtype = state.update_count.dtype
+        state.write(
+            ops.cast(learning_rate, state.applied_learning_rate.dtype),
+            ops.add(ops.cast(self.iterations, count_dtype), ops.cast(1, count_dtype)),
+        )
+
+    def load_own_variables(self, store: Any) -> None:
+        _persistence.load_optimizer_variables(self, self._ensure_introspection_state(), store)

@@ -1,0 +1,58 @@
+"""Small real models and data shared by the tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+SCHEDULE = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=1, decay_rate=0.9)
+
+
+def make_model(seed: int = 0, inputs: int = 8, hidden: int = 16, outputs: int = 1) -> Any:
+    """A deterministic two-layer MLP."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((inputs,)),
+            keras.layers.Dense(hidden, activation="relu"),
+            keras.layers.Dense(outputs),
+        ]
+    )
+
+
+def make_data(n: int = 64, inputs: int = 8, outputs: int = 1, seed: int = 1) -> tuple[Any, Any]:
+    """Regression data from a fixed generator."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, inputs)).astype("float32")
+    y = (x @ rng.normal(size=(inputs, outputs))).astype("float32")
+    return x, y
+
+
+def weights_of(model: Any) -> list[np.ndarray]:
+    return [np.asarray(w) for w in model.get_weights()]
+
+
+def optimizer_state(optimizer: Any) -> list[np.ndarray]:
+    return [keras.ops.convert_to_numpy(v) for v in optimizer.variables]
+
+
+def schedule_value(schedule: Any, step: int) -> np.float32:
+    """The schedule evaluated eagerly at a raw step, as Keras would pass it."""
+    return np.float32(keras.ops.convert_to_numpy(schedule(np.int64(step))))
+
+
+class RateRecorder(keras.callbacks.Callback):
+    """Records current_learning_rate and iterations after every batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rates: list[float] = []
+        self.iterations: list[int] = []
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        optimizer = self.model.optimizer
+        inner = getattr(optimizer, "inner_optimizer", optimizer)
+        self.rates.append(float(inner.current_learning_rate))
+        self.iterations.append(int(inner.iterations))
