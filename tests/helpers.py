@@ -7,6 +7,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from introspect_opt import IntrospectableSGD
+
 SCHEDULE = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=1, decay_rate=0.9)
 
 
@@ -43,16 +45,41 @@ def schedule_value(schedule: Any, step: int) -> np.float32:
     return np.float32(keras.ops.convert_to_numpy(schedule(np.int64(step))))
 
 
-class RateRecorder(keras.callbacks.Callback):
-    """Records current_learning_rate and iterations after every batch."""
+class Witness(IntrospectableSGD):
+    """Records, in a variable, the learning rate Keras passed to update_step.
+
+    The oracle for bit-exactness: a real optimizer subclass whose update_step
+    stores the value it received before applying the plain SGD update.
+    """
+
+    def build(self, variables: Any) -> None:
+        super().build(variables)
+        self.witness = self.add_variable((), name="witness_rate")
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        self.witness.assign(keras.ops.cast(learning_rate, "float32"))
+        super().update_step(gradient, variable, learning_rate)
+
+
+def bits(value: Any) -> int:
+    """The float32 bit pattern of a scalar."""
+    return int(np.float32(keras.ops.convert_to_numpy(value)).view(np.int32))
+
+
+class WitnessRecorder(keras.callbacks.Callback):
+    """After every batch: (iterations, current_learning_rate, witnessed rate)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.rates: list[float] = []
-        self.iterations: list[int] = []
+        self.rows: list[tuple[int, float, float]] = []
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
         optimizer = self.model.optimizer
         inner = getattr(optimizer, "inner_optimizer", optimizer)
-        self.rates.append(float(inner.current_learning_rate))
-        self.iterations.append(int(inner.iterations))
+        self.rows.append(
+            (
+                int(inner.iterations),
+                float(inner.current_learning_rate),
+                float(keras.ops.convert_to_numpy(inner.witness)),
+            )
+        )

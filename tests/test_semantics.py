@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import make_data, make_model, schedule_value
+from helpers import Witness, bits, make_data, make_model, schedule_value
 
 from introspect_opt import IntrospectableSGD
 
@@ -38,22 +38,6 @@ SCHEDULES = {
     "cosine_restarts": S.CosineDecayRestarts(0.1, first_decay_steps=3),
     "user_subclass": HalvingEveryThree(),
 }
-
-
-class Witness(IntrospectableSGD):
-    """Records, in a variable, the learning rate Keras passed to update_step."""
-
-    def build(self, variables: Any) -> None:
-        super().build(variables)
-        self.witness = self.add_variable((), name="witness_rate")
-
-    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
-        self.witness.assign(keras.ops.cast(learning_rate, "float32"))
-        super().update_step(gradient, variable, learning_rate)
-
-
-def _bits(value: Any) -> int:
-    return int(np.float32(keras.ops.convert_to_numpy(value)).view(np.int32))
 
 
 def _step(optimizer: Any, w: Any) -> None:
@@ -88,8 +72,8 @@ def test_schedule_matches_update_step_bits_in_tf_function(name: str, jit_compile
     optimizer.build([w])
     for _ in range(7):
         read_inside, witnessed = train_step()
-        assert _bits(read_inside) == _bits(witnessed)
-        assert _bits(optimizer.current_learning_rate) == _bits(optimizer.witness)
+        assert bits(read_inside) == bits(witnessed)
+        assert bits(optimizer.current_learning_rate) == bits(optimizer.witness)
 
 
 def test_float_rate_and_setter_show_after_next_update() -> None:
