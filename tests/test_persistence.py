@@ -1,0 +1,351 @@
+"""SPEC section 3: nothing is ever lost, in any format, in either direction."""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import SCHEDULE, bits, make_data, make_model, optimizer_state, schedule_value
+
+from introspect_opt import IntrospectableSGD
+
+
+def _trained(optimizer: Any, steps: int = 5, seed: int = 0) -> Any:
+    model = make_model(seed)
+    model.compile(optimizer, loss="mse")
+    x, y = make_data(8 * steps)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    return model
+
+
+def _compiled(optimizer: Any, built: bool = True) -> Any:
+    model = make_model(seed=7)
+    model.compile(optimizer, loss="mse")
+    if built:
+        optimizer.build(model.trainable_variables)
+    return model
+
+
+def _assert_same_state(a: Any, b: Any) -> None:
+    sa, sb = optimizer_state(a), optimizer_state(b)
+    assert len(sa) == len(sb)
+    for va, vb in zip(sa, sb):
+        np.testing.assert_array_equal(va, vb)
+
+
+def _no_keras_skip_warning() -> Any:
+    return warnings.catch_warnings(record=True)
+
+
+# --- tf.train.Checkpoint -------------------------------------------------------
+
+
+def test_checkpoint_round_trip_into_built_optimizer(tmp_path: Path) -> None:
+    """A checkpoint restores iterations, slots and the cached bits exactly."""
+    model = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9))
+    path = tf.train.Checkpoint(model=model, optimizer=model.optimizer).save(tmp_path / "ck")
+    expected = bits(model.optimizer.current_learning_rate)
+    restored = _compiled(IntrospectableSGD(SCHEDULE, momentum=0.9))
+    tf.train.Checkpoint(model=restored, optimizer=restored.optimizer).restore(
+        path
+    ).assert_consumed()
+    _assert_same_state(model.optimizer, restored.optimizer)
+    assert bits(restored.optimizer.current_learning_rate) == expected
+
+
+def test_checkpoint_deferred_restoration_into_unbuilt_optimizer(tmp_path: Path) -> None:
+    """Restored before the optimizer exists, the values arrive when fit builds it."""
+    model = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9), steps=5)
+    path = tf.train.Checkpoint(model=model, optimizer=model.optimizer).save(tmp_path / "ck")
+    reference = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9), steps=5)
+
+    fresh_model = make_model(seed=3)
+    fresh = IntrospectableSGD(SCHEDULE, momentum=0.9)
+    fresh_model.compile(fresh, loss="mse")
+    status = tf.train.Checkpoint(model=fresh_model, optimizer=fresh).restore(path)
+    assert not fresh.built
+    x, y = make_data(16, seed=5)
+    fresh_model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    reference.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    status.assert_existing_objects_matched()
+    assert int(fresh.iterations) == 7
+    assert bits(fresh.current_learning_rate) == bits(reference.optimizer.current_learning_rate)
+    _assert_same_state(fresh, reference.optimizer)
+    for a, b in zip(fresh_model.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_from_plain_sgd_derives_the_rate(tmp_path: Path) -> None:
+    """A plain-SGD checkpoint restores into IntrospectableSGD; the rate is s(n-1)."""
+    model = _trained(keras.optimizers.SGD(SCHEDULE, momentum=0.9), steps=6)
+    path = tf.train.Checkpoint(optimizer=model.optimizer).save(tmp_path / "ck")
+    # Into a fresh one and into one that has already trained further.
+    for steps in (0, 9):
+        optimizer = IntrospectableSGD(SCHEDULE, momentum=0.9)
+        restored = _trained(optimizer, steps=steps) if steps else _compiled(optimizer)
+        tf.train.Checkpoint(optimizer=optimizer).restore(path).expect_partial()
+        _assert_same_state(model.optimizer, optimizer)
+        assert int(optimizer.iterations) == 6
+        assert float(optimizer.current_learning_rate) == schedule_value(SCHEDULE, 5)
+        assert restored.optimizer is optimizer
+
+
+def test_checkpoint_into_plain_sgd(tmp_path: Path) -> None:
+    """An IntrospectableSGD checkpoint restores into plain SGD, slots intact."""
+    model = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9))
+    path = tf.train.Checkpoint(optimizer=model.optimizer).save(tmp_path / "ck")
+    plain = keras.optimizers.SGD(SCHEDULE, momentum=0.9)
+    _compiled(plain)
+    tf.train.Checkpoint(optimizer=plain).restore(path).expect_partial()
+    _assert_same_state(model.optimizer, plain)
+
+
+def test_checkpoint_float_rate_round_trip(tmp_path: Path) -> None:
+    """With a float rate the variable and the cache both come back."""
+    model = _trained(IntrospectableSGD(0.05, momentum=0.5))
+    model.optimizer.learning_rate = 0.01  # set, not yet applied
+    path = tf.train.Checkpoint(optimizer=model.optimizer).save(tmp_path / "ck")
+    optimizer = IntrospectableSGD(0.3, momentum=0.5)
+    _compiled(optimizer)
+    tf.train.Checkpoint(optimizer=optimizer).restore(path).assert_existing_objects_matched()
+    assert float(optimizer.current_learning_rate) == np.float32(0.05)
+    assert float(optimizer.learning_rate) == np.float32(0.01)
+
+
+# --- .keras and .weights.h5 ----------------------------------------------------
+
+
+def test_keras_file_round_trip(tmp_path: Path) -> None:
+    """model.save / load_model: same class, config, state and cached bits."""
+    optimizer = IntrospectableSGD(SCHEDULE, momentum=0.9, nesterov=True, clipnorm=1.0)
+    model = _trained(optimizer)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert type(loaded.optimizer) is IntrospectableSGD
+    assert loaded.optimizer.get_config() == optimizer.get_config()
+    _assert_same_state(optimizer, loaded.optimizer)
+    assert bits(loaded.optimizer.current_learning_rate) == bits(optimizer.current_learning_rate)
+
+
+def test_keras_file_round_trip_continues_identically(tmp_path: Path) -> None:
+    """Training resumed from a .keras file matches uninterrupted training exactly."""
+    model = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9), steps=4)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    x, y = make_data(32, seed=9)
+    for m in (model, loaded):
+        m.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert bits(model.optimizer.current_learning_rate) == bits(
+        loaded.optimizer.current_learning_rate
+    )
+
+
+@pytest.mark.parametrize("fmt", ["weights.h5", "keras"])
+def test_weights_into_built_introspectable(tmp_path: Path, fmt: str) -> None:
+    """load_weights restores the optimizer state and the cached bits."""
+    model = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9))
+    path = tmp_path / f"m.{fmt}"
+    model.save_weights(path) if fmt == "weights.h5" else model.save(path)
+    restored = _compiled(IntrospectableSGD(SCHEDULE, momentum=0.9))
+    restored.load_weights(path)
+    _assert_same_state(model.optimizer, restored.optimizer)
+    assert bits(restored.optimizer.current_learning_rate) == bits(
+        model.optimizer.current_learning_rate
+    )
+
+
+def test_weights_into_unbuilt_optimizer_are_applied_at_build(tmp_path: Path) -> None:
+    """compile, load_weights, fit: the state is kept until fit builds the optimizer."""
+    model = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9), steps=4)
+    model.save_weights(tmp_path / "m.weights.h5")
+    reference = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9), steps=4)
+
+    fresh = IntrospectableSGD(SCHEDULE, momentum=0.9)
+    restored = _compiled(fresh, built=False)
+    restored.load_weights(tmp_path / "m.weights.h5")
+    assert not fresh.built
+    x, y = make_data(16, seed=4)
+    for m in (restored, reference):
+        m.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    assert int(fresh.iterations) == 6
+    _assert_same_state(fresh, reference.optimizer)
+    assert bits(fresh.current_learning_rate) == bits(reference.optimizer.current_learning_rate)
+    for a, b in zip(restored.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_plain_sgd_files_load_into_introspectable(tmp_path: Path) -> None:
+    """.weights.h5 and .keras written with SGD restore into IntrospectableSGD."""
+    model = _trained(keras.optimizers.SGD(SCHEDULE, momentum=0.9), steps=6)
+    model.save_weights(tmp_path / "m.weights.h5")
+    model.save(tmp_path / "m.keras")
+
+    restored = _compiled(IntrospectableSGD(SCHEDULE, momentum=0.9))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        restored.load_weights(tmp_path / "m.weights.h5")
+    _assert_same_state(model.optimizer, restored.optimizer)
+    assert float(restored.optimizer.current_learning_rate) == schedule_value(SCHEDULE, 5)
+
+    # A .keras file names its optimizer class; the documented recipe to switch
+    # class is: load without compiling, compile with ours, load the weights.
+    loaded = keras.models.load_model(tmp_path / "m.keras", compile=False)
+    loaded.compile(IntrospectableSGD(SCHEDULE, momentum=0.9), loss="mse")
+    loaded.optimizer.build(loaded.trainable_variables)
+    loaded.load_weights(tmp_path / "m.keras")
+    _assert_same_state(model.optimizer, loaded.optimizer)
+    assert float(loaded.optimizer.current_learning_rate) == schedule_value(SCHEDULE, 5)
+
+
+def test_introspectable_files_load_into_plain_sgd(tmp_path: Path) -> None:
+    """.weights.h5 and .keras written with IntrospectableSGD restore into SGD."""
+    model = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9), steps=6)
+    model.save_weights(tmp_path / "m.weights.h5")
+    model.save(tmp_path / "m.keras")
+
+    plain = keras.optimizers.SGD(SCHEDULE, momentum=0.9)
+    restored = _compiled(plain)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Keras warns when it skips optimizer state
+        restored.load_weights(tmp_path / "m.weights.h5")
+    _assert_same_state(model.optimizer, plain)
+
+    # Where introspect_opt is not installed, custom_objects maps its registered
+    # name to SGD. (In a process that imported it, the registration wins.)
+    np.savez(tmp_path / "expected.npz", *optimizer_state(model.optimizer))
+    script = f"""
+import os, sys, warnings
+import numpy as np, keras
+assert "introspect_opt" not in sys.modules
+warnings.simplefilter("error", UserWarning)
+model = keras.models.load_model(
+    {str(tmp_path / "m.keras")!r},
+    custom_objects={{"introspect_opt>IntrospectableSGD": keras.optimizers.SGD}},
+)
+assert type(model.optimizer) is keras.optimizers.SGD, type(model.optimizer)
+expected = np.load({str(tmp_path / "expected.npz")!r})
+state = [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
+assert len(state) == len(expected.files)
+for i, value in enumerate(state):
+    np.testing.assert_array_equal(value, expected[f"arr_{{i}}"])
+print("plain-sgd-ok")
+"""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "plain-sgd-ok" in done.stdout
+
+
+def test_mixed_precision_keras_file_round_trip(tmp_path: Path) -> None:
+    """Through a LossScaleOptimizer the inner cache and the loss scale survive."""
+    keras.config.set_dtype_policy("mixed_float16")
+    model = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert isinstance(loaded.optimizer.inner_optimizer, IntrospectableSGD)
+    _assert_same_state(model.optimizer, loaded.optimizer)
+    assert bits(loaded.optimizer.inner_optimizer.current_learning_rate) == bits(
+        model.optimizer.inner_optimizer.current_learning_rate
+    )
+    # And into a plain-SGD LossScaleOptimizer, without Keras's silent skip.
+    plain = make_model(seed=2)
+    plain.compile(keras.optimizers.SGD(SCHEDULE, momentum=0.9), loss="mse")
+    plain.optimizer.build(plain.trainable_variables)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain.load_weights(tmp_path / "m.keras")
+    _assert_same_state(model.optimizer, plain.optimizer)
+
+
+# --- Errors: nothing silently skipped, nothing half-loaded ---------------------
+
+
+def test_mismatched_optimizer_state_raises_and_loads_nothing(tmp_path: Path) -> None:
+    """A file from another configuration: clear error, optimizer untouched."""
+    model = _trained(keras.optimizers.SGD(SCHEDULE, momentum=0.0), steps=3)
+    path = tmp_path / "plain.weights.h5"
+    model.save_weights(path)
+    target = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9), steps=2)
+    before = optimizer_state(target.optimizer)
+    with pytest.raises(ValueError) as info:
+        target.load_weights(path)
+    message = str(info.value)
+    assert "plain.weights.h5" in message
+    assert f"IntrospectableSGD '{target.optimizer.name}'" in message
+    assert "holds 1 optimizer variables, this optimizer has" in message
+    assert "skip_mismatch=True" in message
+    for a, b in zip(before, optimizer_state(target.optimizer)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_skip_mismatch_keeps_its_meaning(tmp_path: Path) -> None:
+    """With skip_mismatch=True the mismatch is a warning and the state is kept."""
+    model = _trained(keras.optimizers.SGD(SCHEDULE, momentum=0.0), steps=3)
+    path = tmp_path / "plain.weights.h5"
+    model.save_weights(path)
+    target = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9), steps=2)
+    before = optimizer_state(target.optimizer)
+    rate = bits(target.optimizer.current_learning_rate)
+    with pytest.warns(UserWarning, match="holds 1 optimizer variables"):
+        target.load_weights(path, skip_mismatch=True)
+    for a, b in zip(before, optimizer_state(target.optimizer)):
+        np.testing.assert_array_equal(a, b)
+    assert bits(target.optimizer.current_learning_rate) == rate
+    for a, b in zip(model.get_weights(), target.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_mismatch_found_at_build_for_deferred_state(tmp_path: Path) -> None:
+    """State kept for an unbuilt optimizer is checked when it is built."""
+    model = _trained(keras.optimizers.SGD(SCHEDULE, momentum=0.9), steps=3)
+    model.save_weights(tmp_path / "m.weights.h5")
+    bigger = make_model(seed=1, hidden=4)
+    optimizer = IntrospectableSGD(SCHEDULE, momentum=0.9)
+    bigger.compile(optimizer, loss="mse")
+    bigger.load_weights(tmp_path / "m.weights.h5", skip_mismatch=True)
+    with pytest.raises(ValueError, match=r"m\.weights\.h5.*has shape \(8, 4\).*\(8, 16\)"):
+        optimizer.build(bigger.trainable_variables)
+
+
+def test_file_without_optimizer_state_warns_and_keeps_state(tmp_path: Path) -> None:
+    """Weights saved before compile carry no optimizer state: said, not hidden."""
+    uncompiled = make_model(seed=0)
+    uncompiled.save_weights(tmp_path / "m.weights.h5")
+    target = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9), steps=2)
+    before = optimizer_state(target.optimizer)
+    with pytest.warns(UserWarning, match="holds no state for IntrospectableSGD"):
+        target.load_weights(tmp_path / "m.weights.h5")
+    for a, b in zip(before, optimizer_state(target.optimizer)):
+        np.testing.assert_array_equal(a, b)
+
+
+# --- pickle / deepcopy ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("clone", [copy.deepcopy, lambda o: pickle.loads(pickle.dumps(o))])
+def test_pickle_and_deepcopy(clone: Any) -> None:
+    """Copies keep class and config; a trained one's state returns when built."""
+    model = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9))
+    optimizer = model.optimizer
+    copied = clone(optimizer)
+    assert type(copied) is IntrospectableSGD
+    assert copied.get_config() == optimizer.get_config()
+    copied.build(make_model(seed=4).trainable_variables)
+    _assert_same_state(optimizer, copied)
+    assert bits(copied.current_learning_rate) == bits(optimizer.current_learning_rate)
+    fresh = clone(IntrospectableSGD(0.02))
+    assert float(fresh.current_learning_rate) == np.float32(0.02)
