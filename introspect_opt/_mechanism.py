@@ -23,52 +23,56 @@ from . import _keras_private, _persistence
 from ._state import AppliedRateState
 
 if TYPE_CHECKING:
-    _OptimizerBase = keras.optimizers.Optimizer
+    from keras.optimizers import Optimizer as _OptimizerBase
 else:
     _OptimizerBase = object
+
+
+def _static_dtype_and_rank(value: Any) -> tuple[str | None, int | None]:
+    """The dtype and rank of a learning-rate value, known without evaluating it.
+
+    The dtype is None for anything that is not a number (bool included); the
+    rank is None when unknown (a tensor of unknown shape while tracing).
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return None, 0
+    if isinstance(value, (int, float)):
+        return keras.config.floatx(), 0
+    dtype, shape = getattr(value, "dtype", None), getattr(value, "shape", None)
+    if dtype is None or shape is None:
+        return None, None
+    try:
+        dtype = keras.backend.standardize_dtype(dtype)
+    except ValueError:
+        return None, None
+    rank = len(shape) if isinstance(shape, tuple) else getattr(shape, "rank", None)
+    return str(dtype), rank
 
 
 def _rate_dtype(optimizer: Any, value: Any) -> str:
     """Validates a learning-rate value and returns the dtype to cache it in.
 
-    Only static information is used (no host round-trip): Python numbers and
-    the dtype and shape of tensors and variables.
+    Only static information is used (no host round-trip), so this runs on
+    every update at no device cost. Floats keep their dtype (bit-exact cache);
+    integer rates are cached in ``floatx``.
     """
-    dtype: str | None = None
-    shape: Any = ()
-    if isinstance(value, (bool, np.bool_)):
-        dtype = None
-    elif isinstance(value, (int, float, np.integer, np.floating)):
-        dtype = keras.backend.standardize_dtype(getattr(value, "dtype", keras.config.floatx()))
-    elif hasattr(value, "dtype") and hasattr(value, "shape"):
-        try:
-            dtype = keras.backend.standardize_dtype(value.dtype)
-        except ValueError:
-            dtype = None
-        shape = value.shape
-    rank = None if shape is None else getattr(shape, "rank", None) if not isinstance(shape, tuple) else len(shape)
-    if rank is None and shape is not None:
-        try:
-            rank = len(shape)
-        except (TypeError, ValueError):  # unknown rank while tracing
-            rank = None
-    numeric = dtype is not None and (dtype.startswith("float") or dtype.startswith(("int", "uint")) or dtype == "bfloat16")
-    if not numeric or (rank is not None and rank != 0):
-        source = _keras_private.learning_rate_source(optimizer)
-        raise ValueError(
-            f"The learning rate of {type(optimizer).__name__} '{optimizer.name}' "
-            f"comes from {source!r}, which returned {value!r} "
-            f"(type {type(value).__name__}"
-            + (f", dtype {dtype}" if dtype else "")
-            + (f", shape {tuple(shape)}" if rank else "")
-            + "). Expected a scalar number: a Python float or a 0-d float "
-            "tensor. Make the schedule or callable return one, e.g. "
-            "`keras.ops.convert_to_tensor(0.01)`."
-        )
-    assert dtype is not None
-    if not (dtype.startswith("float") or dtype == "bfloat16"):
-        return keras.config.floatx()
-    return dtype
+    dtype, rank = _static_dtype_and_rank(value)
+    is_float = dtype is not None and "float" in dtype
+    is_int = dtype is not None and dtype.startswith(("int", "uint"))
+    if (is_float or is_int) and rank in (0, None):
+        return str(dtype) if is_float else keras.config.floatx()
+    details = f"type {type(value).__name__}"
+    if dtype is not None:
+        details += f", dtype {dtype}"
+    if rank:
+        details += f", shape {tuple(value.shape)}"
+    raise ValueError(
+        f"The learning rate of {type(optimizer).__name__} '{optimizer.name}' comes "
+        f"from {_keras_private.learning_rate_source(optimizer)!r}, which returned "
+        f"{value!r} ({details}). Expected a scalar number: a Python float or a 0-d "
+        "float tensor. Make the schedule or callable return one, e.g. "
+        "`keras.ops.convert_to_tensor(0.01)`."
+    )
 
 
 class IntrospectionMixin(_OptimizerBase):
@@ -104,7 +108,6 @@ class IntrospectionMixin(_OptimizerBase):
         ``apply_gradients`` earlier in the same function.
 
         Example:
-
         >>> import keras, introspect_opt
         >>> schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.5)
         >>> opt = introspect_opt.IntrospectableSGD(learning_rate=schedule)
@@ -154,7 +157,9 @@ class IntrospectionMixin(_OptimizerBase):
             state.create_variables(self, _rate_dtype(self, self.learning_rate))
         _persistence.apply_pending(self, state)
 
-    def _backend_update_step(self, grads: Any, trainable_variables: Any, learning_rate: Any) -> None:
+    def _backend_update_step(
+        self, grads: Any, trainable_variables: Any, learning_rate: Any
+    ) -> None:
         # Keras calls this once per applied update, with the very value it
         # passes to every `update_step` (see _keras_private.UPDATE_STEP_HOOK).
         _rate_dtype(self, learning_rate)  # a clear error before Keras's own

@@ -8,7 +8,7 @@ from ._mechanism import IntrospectionMixin
 
 
 @keras.saving.register_keras_serializable(package="introspect_opt")
-class IntrospectableSGD(IntrospectionMixin, keras.optimizers.SGD):  # type: ignore[misc]
+class IntrospectableSGD(IntrospectionMixin, keras.optimizers.SGD):
     """``keras.optimizers.SGD`` that records the learning rate each update applied.
 
     A drop-in replacement: same constructor, same config, bit-identical
@@ -39,7 +39,6 @@ class IntrospectableSGD(IntrospectionMixin, keras.optimizers.SGD):  # type: igno
         name: String name of the optimizer.
 
     Example:
-
     >>> import numpy as np, keras, introspect_opt
     >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     >>> schedule = keras.optimizers.schedules.PiecewiseConstantDecay([2], [0.1, 0.01])

@@ -54,7 +54,7 @@ def _check_fit(optimizer: Any, values: list[np.ndarray], source: str) -> None:
             f"{len(variables)}. Plain Keras would skip all optimizer state here "
             f"with only a warning; nothing was loaded. {_FIX}"
         )
-    for index, (variable, value) in enumerate(zip(variables, values)):
+    for index, (variable, value) in enumerate(zip(variables, values, strict=True)):
         if tuple(variable.shape) != tuple(value.shape):
             raise ValueError(
                 f"Cannot restore {_describe(optimizer)} from {source}: optimizer "
@@ -66,7 +66,7 @@ def _check_fit(optimizer: Any, values: list[np.ndarray], source: str) -> None:
 
 def _assign(optimizer: Any, values: list[np.ndarray]) -> None:
     with _keras_private.eager_scope():
-        for variable, value in zip(optimizer.variables, values):
+        for variable, value in zip(optimizer.variables, values, strict=True):
             variable.assign(value)
 
 

@@ -45,7 +45,7 @@ class PendingRestore:
     cached: tuple[np.ndarray, np.ndarray] | None = None
 
 
-class AppliedRateState(_keras_private.KerasSaveable, _Trackable):  # type: ignore[misc]
+class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
     """Holds the rate the last update applied and the update count it belongs to.
 
     ``update_count`` equals ``optimizer.iterations`` right after the update that

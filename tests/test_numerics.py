@@ -38,9 +38,9 @@ def test_multi_epoch_fit_is_bit_identical_to_sgd(name: str, jit_compile: bool) -
     kwargs: dict[str, Any] = CONFIGS[name]
     plain = _fit(keras.optimizers.SGD(SCHEDULE, **kwargs), jit_compile)
     ours = _fit(IntrospectableSGD(SCHEDULE, **kwargs), jit_compile)
-    for a, b in zip(plain.get_weights(), ours.get_weights()):
+    for a, b in zip(plain.get_weights(), ours.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
-    for a, b in zip(optimizer_state(plain.optimizer), optimizer_state(ours.optimizer)):
+    for a, b in zip(optimizer_state(plain.optimizer), optimizer_state(ours.optimizer), strict=True):
         np.testing.assert_array_equal(a, b)
     assert int(ours.optimizer.iterations) > 0
 
@@ -51,5 +51,5 @@ def test_mixed_precision_is_bit_identical_to_sgd() -> None:
     plain = _fit(keras.optimizers.SGD(SCHEDULE, momentum=0.9), "auto")
     ours = _fit(IntrospectableSGD(SCHEDULE, momentum=0.9), "auto")
     assert isinstance(ours.optimizer, keras.optimizers.LossScaleOptimizer)
-    for a, b in zip(plain.get_weights(), ours.get_weights()):
+    for a, b in zip(plain.get_weights(), ours.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -39,7 +39,7 @@ def _compiled(optimizer: Any, built: bool = True) -> Any:
 def _assert_same_state(a: Any, b: Any) -> None:
     sa, sb = optimizer_state(a), optimizer_state(b)
     assert len(sa) == len(sb)
-    for va, vb in zip(sa, sb):
+    for va, vb in zip(sa, sb, strict=True):
         np.testing.assert_array_equal(va, vb)
 
 
@@ -81,7 +81,7 @@ def test_checkpoint_deferred_restoration_into_unbuilt_optimizer(tmp_path: Path) 
     assert int(fresh.iterations) == 7
     assert bits(fresh.current_learning_rate) == bits(reference.optimizer.current_learning_rate)
     _assert_same_state(fresh, reference.optimizer)
-    for a, b in zip(fresh_model.get_weights(), reference.get_weights()):
+    for a, b in zip(fresh_model.get_weights(), reference.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -145,7 +145,7 @@ def test_keras_file_round_trip_continues_identically(tmp_path: Path) -> None:
     x, y = make_data(32, seed=9)
     for m in (model, loaded):
         m.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
-    for a, b in zip(model.get_weights(), loaded.get_weights()):
+    for a, b in zip(model.get_weights(), loaded.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert bits(model.optimizer.current_learning_rate) == bits(
         loaded.optimizer.current_learning_rate
@@ -182,7 +182,7 @@ def test_weights_into_unbuilt_optimizer_are_applied_at_build(tmp_path: Path) -> 
     assert int(fresh.iterations) == 6
     _assert_same_state(fresh, reference.optimizer)
     assert bits(fresh.current_learning_rate) == bits(reference.optimizer.current_learning_rate)
-    for a, b in zip(restored.get_weights(), reference.get_weights()):
+    for a, b in zip(restored.get_weights(), reference.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -288,7 +288,7 @@ def test_mismatched_optimizer_state_raises_and_loads_nothing(tmp_path: Path) -> 
     assert f"IntrospectableSGD '{target.optimizer.name}'" in message
     assert "holds 1 optimizer variables, this optimizer has" in message
     assert "skip_mismatch=True" in message
-    for a, b in zip(before, optimizer_state(target.optimizer)):
+    for a, b in zip(before, optimizer_state(target.optimizer), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -302,10 +302,10 @@ def test_skip_mismatch_keeps_its_meaning(tmp_path: Path) -> None:
     rate = bits(target.optimizer.current_learning_rate)
     with pytest.warns(UserWarning, match="holds 1 optimizer variables"):
         target.load_weights(path, skip_mismatch=True)
-    for a, b in zip(before, optimizer_state(target.optimizer)):
+    for a, b in zip(before, optimizer_state(target.optimizer), strict=True):
         np.testing.assert_array_equal(a, b)
     assert bits(target.optimizer.current_learning_rate) == rate
-    for a, b in zip(model.get_weights(), target.get_weights()):
+    for a, b in zip(model.get_weights(), target.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -329,7 +329,7 @@ def test_file_without_optimizer_state_warns_and_keeps_state(tmp_path: Path) -> N
     before = optimizer_state(target.optimizer)
     with pytest.warns(UserWarning, match="holds no state for IntrospectableSGD"):
         target.load_weights(tmp_path / "m.weights.h5")
-    for a, b in zip(before, optimizer_state(target.optimizer)):
+    for a, b in zip(before, optimizer_state(target.optimizer), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

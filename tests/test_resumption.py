@@ -56,7 +56,12 @@ def _run(backup_dir: Path, callbacks: list[Any], save_freq: Any = "epoch") -> An
     x, y = make_data(8 * BATCHES)
     backup = keras.callbacks.BackupAndRestore(str(backup_dir), save_freq=save_freq)
     model.fit(
-        x, y, batch_size=8, epochs=EPOCHS, verbose=0, shuffle=False,
+        x,
+        y,
+        batch_size=8,
+        epochs=EPOCHS,
+        verbose=0,
+        shuffle=False,
         callbacks=[backup, *callbacks],
     )
     return model
@@ -75,7 +80,7 @@ def test_crash_mid_epoch_resumes_to_the_same_rates_and_weights(tmp_path: Path) -
     # Keras replays the interrupted epoch from the state saved after epoch 1.
     assert [row[0] for row in resumed_trajectory.rows] == [2] * BATCHES + [3] * BATCHES
     assert resumed_trajectory.rows == straight.rows[2 * BATCHES :]
-    for a, b in zip(resumed.get_weights(), reference.get_weights()):
+    for a, b in zip(resumed.get_weights(), reference.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert int(resumed.optimizer.iterations) == EPOCHS * BATCHES
 
