@@ -114,9 +114,9 @@ class IntrospectionMixin(_OptimizerBase):
         >>> w = keras.Variable([1.0])
         >>> for _ in range(3):
         ...     _ = opt.apply_gradients([(keras.ops.ones((1,)), w)])
-        >>> float(opt.current_learning_rate)  # applied by update 3: s(2)
+        >>> round(float(opt.current_learning_rate), 6)  # update 3 applied s(2)
         0.025
-        >>> float(opt.learning_rate)  # what update 4 will use: s(3)
+        >>> round(float(opt.learning_rate), 6)  # update 4 will apply s(3)
         0.0125
         """
         state = self.__dict__.get("_introspection_state")

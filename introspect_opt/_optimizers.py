@@ -45,8 +45,10 @@ class IntrospectableSGD(IntrospectionMixin, keras.optimizers.SGD):
     >>> model.compile(introspect_opt.IntrospectableSGD(schedule), loss="mse")
     >>> x, y = np.ones((12, 4)), np.ones((12, 1))
     >>> _ = model.fit(x, y, batch_size=4, epochs=1, verbose=0)  # 3 updates
-    >>> float(model.optimizer.current_learning_rate)  # update 3 used s(2)
-    0.009999999776482582
     >>> int(model.optimizer.iterations)
     3
+    >>> round(float(model.optimizer.current_learning_rate), 6)  # update 3 applied s(2)
+    0.1
+    >>> round(float(model.optimizer.learning_rate), 6)  # update 4 will apply s(3)
+    0.01
     """

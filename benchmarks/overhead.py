@@ -1,0 +1,236 @@
+"""Step-time overhead of IntrospectableSGD against plain keras.optimizers.SGD.
+
+Everything is measured side by side in one process: for each ``jit_compile``
+setting, every variant trains the same 784-256-10 MLP (batch 64) for
+``--steps`` steps per round, in a shuffled order each round, and the script
+prints per-variant median step times and the ratio to plain SGD measured in the
+same round (median and min-max spread over rounds).
+
+Variants:
+  * ``sgd``: plain ``keras.optimizers.SGD`` with an ``ExponentialDecay`` schedule;
+  * ``sgd-again``: a second, identical plain SGD model: the A/A control whose
+    ratio shows the measurement noise of this machine;
+  * ``introspectable``: ``IntrospectableSGD``, same schedule (the rate is cached
+    on every step; nothing is read back);
+  * ``introspectable+read``: the same, plus a per-batch callback reading
+    ``float(optimizer.current_learning_rate)`` (a host read per batch);
+  * ``sgd+schedule-callback``: plain SGD plus the usual recipe, a per-batch
+    callback computing ``float(schedule(optimizer.iterations))``.
+
+Each round times ``--steps`` steps of every variant, in a shuffled order;
+ratios are taken between timings of the same round, so slow drifts of the
+machine cancel. The A/A control shows how far apart two identical runs land.
+
+A second table runs the same ``--steps`` training steps inside a single
+``tf.function`` call (a ``tf.range`` loop), which removes the per-step Python
+and host synchronisation of ``fit`` and isolates what the optimizer itself
+adds on the device.
+
+Run: ``python benchmarks/overhead.py [--steps 300] [--rounds 21]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from introspect_opt import IntrospectableSGD
+
+BATCH = 64
+
+
+def schedule() -> Any:
+    return keras.optimizers.schedules.ExponentialDecay(0.05, decay_steps=100, decay_rate=0.96)
+
+
+class ScheduleRecipe(keras.callbacks.Callback):
+    """The common workaround: re-evaluate the schedule on the host every batch."""
+
+    def __init__(self, sched: Any) -> None:
+        super().__init__()
+        self.sched, self.last = sched, 0.0
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        self.last = float(self.sched(self.model.optimizer.iterations))
+
+
+class ReadApplied(keras.callbacks.Callback):
+    """Reads the applied rate on the host every batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last = 0.0
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        self.last = float(self.model.optimizer.current_learning_rate)
+
+
+def make_variant(name: str, jit_compile: bool) -> tuple[Any, list[Any]]:
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((784,)),
+            keras.layers.Dense(256, activation="relu"),
+            keras.layers.Dense(10),
+        ]
+    )
+    sched = schedule()
+    callbacks: list[Any] = []
+    if name.startswith("introspectable"):
+        optimizer: Any = IntrospectableSGD(sched, momentum=0.9)
+        if name.endswith("+read"):
+            callbacks.append(ReadApplied())
+    else:
+        optimizer = keras.optimizers.SGD(sched, momentum=0.9)
+        if name.endswith("+schedule-callback"):
+            callbacks.append(ScheduleRecipe(sched))
+    model.compile(
+        optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=jit_compile,
+    )
+    return model, callbacks
+
+
+def dataset(steps: int) -> Any:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(BATCH * 16, 784)).astype("float32")
+    y = rng.integers(0, 10, size=(BATCH * 16,)).astype("int32")
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH).repeat().prefetch(4)
+
+
+def time_fit(model: Any, callbacks: list[Any], data: Any, steps: int) -> float:
+    start = time.perf_counter()
+    model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=callbacks, shuffle=False)
+    return (time.perf_counter() - start) / steps
+
+
+def measure(jit_compile: bool, steps: int, rounds: int, variants: list[str]) -> dict[str, Any]:
+    data = dataset(steps)
+    built = {name: make_variant(name, jit_compile) for name in variants}
+    for model, callbacks in built.values():  # trace and warm up
+        time_fit(model, callbacks, data, 20)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    order = list(variants)
+    rng = random.Random(0)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for name in order:
+            model, callbacks = built[name]
+            times[name].append(time_fit(model, callbacks, data, steps))
+    return times
+
+
+def make_loop(name: str, jit_compile: bool) -> Callable[[int], float]:
+    """``steps`` training steps inside one tf.function call: no Python per step."""
+    model, _ = make_variant(name, jit_compile)
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(BATCH, 784)).astype("float32"))
+    y = tf.constant(rng.integers(0, 10, size=(BATCH,)).astype("int32"))
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    @tf.function(jit_compile=jit_compile)
+    def run(n: Any) -> Any:
+        loss = tf.constant(0.0)
+        for _ in tf.range(n):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, model(x, training=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return loss
+
+    def timed(steps: int) -> float:
+        start = time.perf_counter()
+        float(run(tf.constant(steps)))
+        return (time.perf_counter() - start) / steps
+
+    timed(5)  # trace and compile
+    return timed
+
+
+def measure_loop(jit_compile: bool, steps: int, rounds: int, variants: list[str]) -> Any:
+    loops = {name: make_loop(name, jit_compile) for name in variants}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    order = list(variants)
+    rng = random.Random(1)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for name in order:
+            times[name].append(loops[name](steps))
+    return times
+
+
+def summarize(times: dict[str, list[float]], baseline: str = "sgd") -> list[tuple[str, ...]]:
+    rows = []
+    for name, values in times.items():
+        ratios = [v / b for v, b in zip(values, times[baseline], strict=True)]
+        q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (1.0, 1.0, 1.0)
+        rows.append(
+            (
+                name,
+                f"{statistics.median(values) * 1e3:.3f}",
+                f"{statistics.median(ratios):.3f}",
+                f"{q1:.3f}-{q3:.3f}",
+            )
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None, printer: Callable[[str], None] = print) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=21)
+    args = parser.parse_args(argv)
+    # One inter-op thread: on small machines TensorFlow's thread pools otherwise
+    # compete with each other and with tf.data, which is most of the noise.
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    variants = [
+        "sgd",
+        "sgd-again",
+        "introspectable",
+        "introspectable+read",
+        "sgd+schedule-callback",
+    ]
+    printer(
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs; "
+        f"784-256-10 MLP, batch {BATCH}, {args.steps} steps per variant and round, "
+        f"{args.rounds} rounds"
+    )
+    printer("")
+    header = (
+        "| jit_compile | variant | median ms/step | ratio to sgd (median of rounds) "
+        "| ratio, middle half of rounds |\n|---|---|---|---|---|"
+    )
+    printer("### `model.fit`, one call per step (what users run)")
+    printer("")
+    printer(header)
+    for jit_compile in (False, True):
+        times = measure(jit_compile, args.steps, args.rounds, variants)
+        for row in summarize(times):
+            printer(f"| {jit_compile} | " + " | ".join(row) + " |")
+    printer("")
+    printer("### All steps in one `tf.function` call (the optimizer's own device cost)")
+    printer("")
+    printer(header)
+    for jit_compile in (False, True):
+        times = measure_loop(jit_compile, args.steps, args.rounds, variants[:3])
+        for row in summarize(times):
+            printer(f"| {jit_compile} | " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()

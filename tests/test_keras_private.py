@@ -1,0 +1,72 @@
+"""Fails loudly when a Keras release changes an internal we depend on."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+from helpers import SCHEDULE, make_model
+
+from introspect_opt import IntrospectableSGD, _keras_private
+
+
+def test_update_step_hook_exists_with_the_expected_signature() -> None:
+    """Keras still routes applied updates through _backend_update_step."""
+    hook = getattr(keras.optimizers.Optimizer, _keras_private.UPDATE_STEP_HOOK)
+    assert list(inspect.signature(hook).parameters) == [
+        "self",
+        "grads",
+        "trainable_variables",
+        "learning_rate",
+    ]
+
+
+def test_hook_runs_once_per_applied_update_only() -> None:
+    """Called once per real update and never on accumulation micro-steps."""
+    calls: list[float] = []
+
+    class Counting(keras.optimizers.SGD):
+        def _backend_update_step(self, grads, trainable_variables, learning_rate):  # type: ignore[no-untyped-def]
+            calls.append(float(learning_rate))
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+
+    optimizer = Counting(SCHEDULE, gradient_accumulation_steps=2)
+    w = keras.Variable([1.0, 2.0])
+    for _ in range(6):
+        optimizer.apply_gradients([(keras.ops.ones((2,)), w)])
+    assert len(calls) == 3
+
+
+def test_raw_counter_and_rate_at_step() -> None:
+    """The raw counter counts micro-steps; learning_rate_at matches learning_rate."""
+    optimizer = keras.optimizers.SGD(SCHEDULE, gradient_accumulation_steps=3)
+    w = keras.Variable([1.0])
+    for _ in range(4):
+        optimizer.apply_gradients([(keras.ops.ones((1,)), w)])
+    counter = _keras_private.raw_step_counter(optimizer)
+    assert int(counter) == 4 and int(optimizer.iterations) == 1
+    assert float(_keras_private.learning_rate_at(optimizer, counter)) == float(
+        optimizer.learning_rate
+    )
+    assert _keras_private.learning_rate_source(optimizer) is SCHEDULE
+    floating = keras.optimizers.SGD(0.25)
+    assert float(_keras_private.learning_rate_at(floating, 7)) == 0.25
+
+
+def test_saving_walks_the_state_into_a_group_of_its_own(tmp_path: Path) -> None:
+    """Keras's saving walk still visits KerasSaveable attributes of an optimizer."""
+    model = make_model()
+    model.compile(IntrospectableSGD(SCHEDULE, momentum=0.9), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    model.optimizer.apply_gradients(
+        [(keras.ops.ones(v.shape), v) for v in model.trainable_variables]
+    )
+    model.save_weights(tmp_path / "m.weights.h5")
+    with h5py.File(tmp_path / "m.weights.h5", "r") as f:
+        group = f["optimizer/_introspection_state/vars"]
+        assert sorted(group.keys()) == ["applied_learning_rate", "update_count"]
+        assert np.asarray(group["update_count"]) == 1
+        assert len(f["optimizer/vars"].keys()) == len(model.optimizer.variables)
