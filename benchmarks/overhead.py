@@ -104,7 +104,7 @@ def make_variant(name: str, jit_compile: bool) -> tuple[Any, list[Any]]:
     return model, callbacks
 
 
-def dataset(steps: int) -> Any:
+def dataset() -> Any:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(BATCH * 16, 784)).astype("float32")
     y = rng.integers(0, 10, size=(BATCH * 16,)).astype("int32")
@@ -117,19 +117,32 @@ def time_fit(model: Any, callbacks: list[Any], data: Any, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def measure(jit_compile: bool, steps: int, rounds: int, variants: list[str]) -> dict[str, Any]:
-    data = dataset(steps)
-    built = {name: make_variant(name, jit_compile) for name in variants}
-    for model, callbacks in built.values():  # trace and warm up
-        time_fit(model, callbacks, data, 20)
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    order = list(variants)
+def fit_runners(jit_compile: bool, variants: list[str]) -> dict[str, Callable[[int], float]]:
+    """One ``steps -> seconds per step`` runner per variant, timing ``model.fit``."""
+    data = dataset()
+    runners = {}
+    for name in variants:
+        model, callbacks = make_variant(name, jit_compile)
+
+        def run(steps: int, model: Any = model, callbacks: list[Any] = callbacks) -> float:
+            return time_fit(model, callbacks, data, steps)
+
+        run(20)  # trace and warm up
+        runners[name] = run
+    return runners
+
+
+def interleave(
+    runners: dict[str, Callable[[int], float]], steps: int, rounds: int
+) -> dict[str, list[float]]:
+    """Times every runner once per round, in a shuffled order each round."""
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    order = list(runners)
     rng = random.Random(0)
     for _ in range(rounds):
         rng.shuffle(order)
         for name in order:
-            model, callbacks = built[name]
-            times[name].append(time_fit(model, callbacks, data, steps))
+            times[name].append(runners[name](steps))
     return times
 
 
@@ -160,18 +173,6 @@ def make_loop(name: str, jit_compile: bool) -> Callable[[int], float]:
 
     timed(5)  # trace and compile
     return timed
-
-
-def measure_loop(jit_compile: bool, steps: int, rounds: int, variants: list[str]) -> Any:
-    loops = {name: make_loop(name, jit_compile) for name in variants}
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    order = list(variants)
-    rng = random.Random(1)
-    for _ in range(rounds):
-        rng.shuffle(order)
-        for name in order:
-            times[name].append(loops[name](steps))
-    return times
 
 
 def summarize(times: dict[str, list[float]], baseline: str = "sgd") -> list[tuple[str, ...]]:
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None, printer: Callable[[str], None] = print) 
     printer("")
     printer(header)
     for jit_compile in (False, True):
-        times = measure(jit_compile, args.steps, args.rounds, variants)
+        times = interleave(fit_runners(jit_compile, variants), args.steps, args.rounds)
         for row in summarize(times):
             printer(f"| {jit_compile} | " + " | ".join(row) + " |")
     printer("")
@@ -227,7 +228,8 @@ def main(argv: list[str] | None = None, printer: Callable[[str], None] = print) 
     printer("")
     printer(header)
     for jit_compile in (False, True):
-        times = measure_loop(jit_compile, args.steps, args.rounds, variants[:3])
+        loops = {name: make_loop(name, jit_compile) for name in variants[:3]}
+        times = interleave(loops, args.steps, args.rounds)
         for row in summarize(times):
             printer(f"| {jit_compile} | " + " | ".join(row) + " |")
 

@@ -274,13 +274,18 @@ def test_mixed_precision_keras_file_round_trip(tmp_path: Path) -> None:
 # --- Errors: nothing silently skipped, nothing half-loaded ---------------------
 
 
-def test_mismatched_optimizer_state_raises_and_loads_nothing(tmp_path: Path) -> None:
-    """A file from another configuration: clear error, optimizer untouched."""
+def _mismatched(tmp_path: Path) -> tuple[Any, Path, Any, list[np.ndarray]]:
+    """A file written without momentum, and a trained optimizer with momentum."""
     model = _trained(keras.optimizers.SGD(SCHEDULE, momentum=0.0), steps=3)
     path = tmp_path / "plain.weights.h5"
     model.save_weights(path)
     target = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9), steps=2)
-    before = optimizer_state(target.optimizer)
+    return model, path, target, optimizer_state(target.optimizer)
+
+
+def test_mismatched_optimizer_state_raises_and_loads_nothing(tmp_path: Path) -> None:
+    """A file from another configuration: clear error, optimizer untouched."""
+    _, path, target, before = _mismatched(tmp_path)
     with pytest.raises(ValueError) as info:
         target.load_weights(path)
     message = str(info.value)
@@ -294,11 +299,7 @@ def test_mismatched_optimizer_state_raises_and_loads_nothing(tmp_path: Path) -> 
 
 def test_skip_mismatch_keeps_its_meaning(tmp_path: Path) -> None:
     """With skip_mismatch=True the mismatch is a warning and the state is kept."""
-    model = _trained(keras.optimizers.SGD(SCHEDULE, momentum=0.0), steps=3)
-    path = tmp_path / "plain.weights.h5"
-    model.save_weights(path)
-    target = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9), steps=2)
-    before = optimizer_state(target.optimizer)
+    model, path, target, before = _mismatched(tmp_path)
     rate = bits(target.optimizer.current_learning_rate)
     with pytest.warns(UserWarning, match="holds 1 optimizer variables"):
         target.load_weights(path, skip_mismatch=True)
