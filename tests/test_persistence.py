@@ -297,6 +297,18 @@ def test_mismatched_optimizer_state_raises_and_loads_nothing(tmp_path: Path) -> 
         np.testing.assert_array_equal(a, b)
 
 
+def test_adam_state_into_introspectable_sgd_raises(tmp_path: Path) -> None:
+    """State of a different optimizer class is refused, not half-loaded."""
+    model = _trained(keras.optimizers.Adam(1e-3), steps=2)
+    model.save_weights(tmp_path / "adam.weights.h5")
+    target = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9), steps=1)
+    before = optimizer_state(target.optimizer)
+    with pytest.raises(ValueError, match=r"adam\.weights\.h5.*holds 10 optimizer variables"):
+        target.load_weights(tmp_path / "adam.weights.h5")
+    for a, b in zip(before, optimizer_state(target.optimizer), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_skip_mismatch_keeps_its_meaning(tmp_path: Path) -> None:
     """With skip_mismatch=True the mismatch is a warning and the state is kept."""
     model, path, target, before = _mismatched(tmp_path)
