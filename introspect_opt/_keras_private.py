@@ -11,6 +11,8 @@ of them.
 from __future__ import annotations
 
 import contextlib
+import io
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -55,6 +57,30 @@ def learning_rate_at(optimizer: Any, step: Any) -> Any:
     return rate
 
 
+def has_rate_variable(optimizer: Any) -> bool:
+    """Whether the rate is a variable (a float rate) held in optimizer.variables."""
+    return isinstance(optimizer._learning_rate, keras.Variable)
+
+
+def keras_load_skips_mismatches() -> bool:
+    """Whether the Keras load running now was asked to skip mismatches.
+
+    ``load_weights(..., skip_mismatch=True)`` reaches ``load_own_variables``
+    only through ``saving_lib._load_state(..., skip_mismatch=...)``; the flag
+    itself is not passed on. State that can only be checked later (when the
+    optimizer is built) must still honour it.
+    """
+    from keras.src.saving import saving_lib
+
+    code = saving_lib._load_state.__code__
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is code:
+            return bool(frame.f_locals.get("skip_mismatch", False))
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
 def learning_rate_source(optimizer: Any) -> Any:
     """What the optimizer's learning rate comes from: schedule, callable or variable."""
     return optimizer._learning_rate
@@ -65,9 +91,11 @@ def describe_store(store: Any) -> str:
     archive = getattr(store, "archive", None)
     inner = getattr(store, "path_or_io", None)
     entry = getattr(store, "_h5_entry_path", None)
-    where = ""
     if archive is not None and getattr(archive, "filename", None):
         where = f"{archive.filename} (member {inner})"
+    elif isinstance(inner, io.IOBase):
+        # load_model reads the weights member of a .keras archive into memory.
+        where = "the model file being loaded (its model.weights.h5)"
     elif inner is not None:
         where = str(inner)
     else:

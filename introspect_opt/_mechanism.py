@@ -122,7 +122,10 @@ class IntrospectionMixin(_OptimizerBase):
         state = self.__dict__.get("_introspection_state")
         count = self.iterations
         if state is None or not state.has_variables:
-            value = self._derived_rate(count)
+            # Not built yet: the rate a loaded file recorded, if it belongs to
+            # the restored step counter, else the rate derived from it.
+            pending = None if state is None else state.pending_rate(count)
+            value = self._derived_rate(count) if pending is None else pending
             return ops.copy(ops.cast(value, _rate_dtype(self, value)))
         rate_var = state.applied_learning_rate
         count = ops.cast(count, state.update_count.dtype)
@@ -170,6 +173,9 @@ class IntrospectionMixin(_OptimizerBase):
             ops.cast(learning_rate, state.applied_learning_rate.dtype),
             ops.add(ops.cast(self.iterations, count_dtype), ops.cast(1, count_dtype)),
         )
+
+    def save_own_variables(self, store: Any) -> None:
+        _persistence.save_optimizer_variables(self, self._ensure_introspection_state(), store)
 
     def load_own_variables(self, store: Any) -> None:
         _persistence.load_optimizer_variables(self, self._ensure_introspection_state(), store)

@@ -40,7 +40,12 @@ class PendingRestore:
     """State read from a file before the optimizer had variables to hold it."""
 
     source: str
-    optimizer_values: list[np.ndarray] | None = None
+    # The optimizer's slots from the file (None: only the cache is waiting).
+    slot_values: list[np.ndarray] | None = None
+    # Step counter and rate as they were before the load, to roll back to.
+    previous_prefix: list[np.ndarray] | None = None
+    # Loaded under `load_weights(..., skip_mismatch=True)`.
+    lenient: bool = False
     # (rate, update_count) from the file; None: the file lacked them.
     cached: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -113,10 +118,18 @@ class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
     # --- Keras saving (.keras / .weights.h5) ------------------------------
 
     def save_own_variables(self, store: Any) -> None:
-        if not self.has_variables:
-            return
-        store[RATE_KEY] = np.asarray(keras.ops.convert_to_numpy(self.applied_learning_rate))
-        store[COUNT_KEY] = np.asarray(keras.ops.convert_to_numpy(self.update_count))
+        if self.has_variables:
+            store[RATE_KEY] = np.asarray(keras.ops.convert_to_numpy(self.applied_learning_rate))
+            store[COUNT_KEY] = np.asarray(keras.ops.convert_to_numpy(self.update_count))
+        elif self.pending is not None and self.pending.cached is not None:
+            store[RATE_KEY], store[COUNT_KEY] = self.pending.cached
+
+    def pending_rate(self, update_count: Any) -> np.ndarray | None:
+        """The cached rate loaded from a file and not applied yet, if current."""
+        cached = None if self.pending is None else self.pending.cached
+        if cached is None or int(cached[1]) != int(update_count):
+            return None
+        return cached[0]
 
     def load_own_variables(self, store: Any) -> None:
         owner_load, self.owner_load = self.owner_load, None

@@ -70,3 +70,11 @@ def test_saving_walks_the_state_into_a_group_of_its_own(tmp_path: Path) -> None:
         assert sorted(group.keys()) == ["applied_learning_rate", "update_count"]
         assert np.asarray(group["update_count"]) == 1
         assert len(f["optimizer/vars"].keys()) == len(model.optimizer.variables)
+
+
+def test_load_state_still_carries_skip_mismatch() -> None:
+    """The skip_mismatch flag is found on Keras's _load_state frame, and only there."""
+    from keras.src.saving import saving_lib
+
+    assert "skip_mismatch" in inspect.signature(saving_lib._load_state).parameters
+    assert _keras_private.keras_load_skips_mismatches() is False

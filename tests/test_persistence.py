@@ -322,8 +322,8 @@ def test_skip_mismatch_keeps_its_meaning(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a, b)
 
 
-def test_mismatch_found_at_build_for_deferred_state(tmp_path: Path) -> None:
-    """State kept for an unbuilt optimizer is checked when it is built."""
+def test_deferred_mismatch_in_other_layers_is_skipped_at_build(tmp_path: Path) -> None:
+    """skip_mismatch=True over a different model: slots checked at build, skipped, rolled back."""
     model = _trained(keras.optimizers.SGD(SCHEDULE, momentum=0.9), steps=3)
     model.save_weights(tmp_path / "m.weights.h5")
     bigger = make_model(seed=1, hidden=4)
@@ -331,8 +331,98 @@ def test_mismatch_found_at_build_for_deferred_state(tmp_path: Path) -> None:
     bigger.compile(optimizer, loss="mse")
     with pytest.warns(UserWarning, match="could not be loaded"):  # the layers differ
         bigger.load_weights(tmp_path / "m.weights.h5", skip_mismatch=True)
-    with pytest.raises(ValueError, match=r"m\.weights\.h5.*has shape \(8, 4\).*\(8, 16\)"):
+    assert int(optimizer.iterations) == 3  # restored at once, slots wait for build
+    with pytest.warns(UserWarning, match=r"m\.weights\.h5.*has shape \(8, 4\).*\(8, 16\)"):
         optimizer.build(bigger.trainable_variables)
+    assert int(optimizer.iterations) == 0
+
+
+def test_deferred_mismatch_raises_at_build_and_rolls_back(tmp_path: Path) -> None:
+    """Without skip_mismatch a deferred mismatch is an error at build; nothing stays half-loaded."""
+    model = _trained(keras.optimizers.SGD(SCHEDULE, momentum=0.9), steps=3)
+    model.save_weights(tmp_path / "m.weights.h5")
+    # Same layers, so Keras loads them; the optimizer differs in its slots.
+    target = make_model(seed=0)
+    optimizer = IntrospectableSGD(SCHEDULE, momentum=0.9, use_ema=True)
+    target.compile(optimizer, loss="mse")
+    target.load_weights(tmp_path / "m.weights.h5")
+    assert int(optimizer.iterations) == 3
+    with pytest.raises(ValueError, match=r"m\.weights\.h5.*could only be checked now"):
+        optimizer.build(target.trainable_variables)
+    assert int(optimizer.iterations) == 0
+
+
+def test_deferred_mismatch_with_skip_mismatch_warns_at_build(tmp_path: Path) -> None:
+    """skip_mismatch=True keeps its meaning for state checked only at build."""
+    model = _trained(keras.optimizers.Adam(0.01), steps=3)
+    model.save_weights(tmp_path / "adam.weights.h5")
+    target = make_model(seed=0)
+    optimizer = IntrospectableSGD(SCHEDULE, momentum=0.9)
+    target.compile(optimizer, loss="mse")
+    target.load_weights(tmp_path / "adam.weights.h5", skip_mismatch=True)
+    x, y = make_data(16)
+    with pytest.warns(UserWarning, match=r"adam\.weights\.h5.*skip_mismatch=True.*skipped"):
+        target.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert int(optimizer.iterations) == 2  # started fresh
+    for a, b in zip(model.get_weights(), make_model(seed=0).get_weights(), strict=True):
+        assert a.shape == b.shape
+
+
+def test_state_loaded_before_build_is_visible_and_saved_again(tmp_path: Path) -> None:
+    """Before build: iterations and the exact rate show; saving keeps the slots."""
+    model = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9), steps=4)
+    model.save_weights(tmp_path / "a.weights.h5")
+    optimizer = IntrospectableSGD(SCHEDULE, momentum=0.9)
+    unbuilt = _compiled(optimizer, built=False)
+    unbuilt.load_weights(tmp_path / "a.weights.h5")
+    assert not optimizer.built
+    assert int(optimizer.iterations) == 4
+    assert bits(optimizer.current_learning_rate) == bits(model.optimizer.current_learning_rate)
+    unbuilt.save_weights(tmp_path / "b.weights.h5")
+    again = _compiled(IntrospectableSGD(SCHEDULE, momentum=0.9))
+    again.load_weights(tmp_path / "b.weights.h5")
+    _assert_same_state(model.optimizer, again.optimizer)
+    assert bits(again.optimizer.current_learning_rate) == bits(
+        model.optimizer.current_learning_rate
+    )
+
+
+def test_newer_load_supersedes_state_kept_for_build(tmp_path: Path) -> None:
+    """A second load before build wins over the first one's kept slots."""
+    trained = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9), steps=4)
+    trained.save_weights(tmp_path / "trained.weights.h5")
+    fresh = make_model(seed=0)
+    fresh.compile(IntrospectableSGD(SCHEDULE, momentum=0.9), loss="mse")
+    fresh.save_weights(tmp_path / "fresh.weights.h5")  # saved before any build
+    optimizer = IntrospectableSGD(SCHEDULE, momentum=0.9)
+    target = _compiled(optimizer, built=False)
+    target.load_weights(tmp_path / "trained.weights.h5")
+    target.load_weights(tmp_path / "fresh.weights.h5")
+    optimizer.build(target.trainable_variables)
+    assert int(optimizer.iterations) == 0
+    for slot in optimizer_state(optimizer)[1:]:
+        assert not slot.any()
+
+
+@pytest.mark.parametrize("kwargs", [dict(momentum=0.9), dict(use_ema=True), dict()])
+def test_file_saved_after_compile_before_training_loads(tmp_path: Path, kwargs: Any) -> None:
+    """A model saved right after compile loads back (its optimizer never built)."""
+    model = make_model(seed=0)
+    model.compile(IntrospectableSGD(0.05, **kwargs), loss="mse")
+    model.save(tmp_path / "m.keras")
+    model.save_weights(tmp_path / "m.weights.h5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert type(loaded.optimizer) is IntrospectableSGD
+    assert float(loaded.optimizer.current_learning_rate) == np.float32(0.05)
+    x, y = make_data(16)
+    loaded.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert int(loaded.optimizer.iterations) == 2
+    # Into an optimizer that has trained, the untrained file does not fit.
+    if kwargs:
+        with pytest.raises(ValueError, match=r"m\.weights\.h5.*holds \d optimizer variables"):
+            loaded.load_weights(tmp_path / "m.weights.h5")
 
 
 def test_file_without_optimizer_state_warns_and_keeps_state(tmp_path: Path) -> None:
