@@ -1,7 +1,41 @@
 """introspect-opt: the learning rate your Keras optimizer actually applied."""
 
+from ._factory import current_learning_rate as current_learning_rate
+from ._factory import introspect as introspect
+from ._factory import introspectable as introspectable
+from ._optimizers import IntrospectableAdadelta as IntrospectableAdadelta
+from ._optimizers import IntrospectableAdafactor as IntrospectableAdafactor
+from ._optimizers import IntrospectableAdagrad as IntrospectableAdagrad
+from ._optimizers import IntrospectableAdam as IntrospectableAdam
+from ._optimizers import IntrospectableAdamax as IntrospectableAdamax
+from ._optimizers import IntrospectableAdamW as IntrospectableAdamW
+from ._optimizers import IntrospectableFtrl as IntrospectableFtrl
+from ._optimizers import IntrospectableLamb as IntrospectableLamb
+from ._optimizers import IntrospectableLion as IntrospectableLion
+from ._optimizers import IntrospectableMuon as IntrospectableMuon
+from ._optimizers import IntrospectableNadam as IntrospectableNadam
+from ._optimizers import IntrospectableRMSprop as IntrospectableRMSprop
+from ._optimizers import IntrospectableScheduleFreeAdamW as IntrospectableScheduleFreeAdamW
 from ._optimizers import IntrospectableSGD as IntrospectableSGD
 
 __version__ = "0.1.0"
 
-__all__ = ["IntrospectableSGD"]
+__all__ = [
+    "IntrospectableAdadelta",
+    "IntrospectableAdafactor",
+    "IntrospectableAdagrad",
+    "IntrospectableAdam",
+    "IntrospectableAdamW",
+    "IntrospectableAdamax",
+    "IntrospectableFtrl",
+    "IntrospectableLamb",
+    "IntrospectableLion",
+    "IntrospectableMuon",
+    "IntrospectableNadam",
+    "IntrospectableRMSprop",
+    "IntrospectableSGD",
+    "IntrospectableScheduleFreeAdamW",
+    "current_learning_rate",
+    "introspect",
+    "introspectable",
+]

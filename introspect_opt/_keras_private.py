@@ -119,3 +119,15 @@ def eager_scope() -> Iterator[None]:
             yield
     else:
         yield
+
+
+def strategy_scope(optimizer: Any) -> contextlib.AbstractContextManager[Any]:
+    """The scope of the tf.distribute strategy the optimizer was created under.
+
+    Variables added to an optimizer after it was built must be created under
+    the same strategy as its own (mirrored the same way).
+    """
+    strategy = getattr(optimizer, "_distribution_strategy", None)
+    if strategy is None:
+        return contextlib.nullcontext()
+    return strategy.scope()  # type: ignore[no-any-return]

@@ -49,7 +49,7 @@ def _static_dtype_and_rank(value: Any) -> tuple[str | None, int | None]:
     return str(dtype), rank
 
 
-def _rate_dtype(optimizer: Any, value: Any) -> str:
+def rate_dtype(optimizer: Any, value: Any) -> str:
     """Validates a learning-rate value and returns the dtype to cache it in.
 
     Only static information is used (no host round-trip), so this runs on
@@ -126,7 +126,7 @@ class IntrospectionMixin(_OptimizerBase):
             # the restored step counter, else the rate derived from it.
             pending = None if state is None else state.pending_rate(count)
             value = self._derived_rate(count) if pending is None else pending
-            return ops.copy(ops.cast(value, _rate_dtype(self, value)))
+            return ops.copy(ops.cast(value, rate_dtype(self, value)))
         rate_var = state.applied_learning_rate
         count = ops.cast(count, state.update_count.dtype)
         return ops.cond(
@@ -157,7 +157,7 @@ class IntrospectionMixin(_OptimizerBase):
         super().build(variables)
         state = self._ensure_introspection_state()
         if not state.has_variables:
-            state.create_variables(self, _rate_dtype(self, self.learning_rate))
+            state.create_variables(self, rate_dtype(self, self.learning_rate))
         _persistence.apply_pending(self, state)
 
     def _backend_update_step(
@@ -165,7 +165,7 @@ class IntrospectionMixin(_OptimizerBase):
     ) -> None:
         # Keras calls this once per applied update, with the very value it
         # passes to every `update_step` (see _keras_private.UPDATE_STEP_HOOK).
-        _rate_dtype(self, learning_rate)  # a clear error before Keras's own
+        rate_dtype(self, learning_rate)  # a clear error before Keras's own
         super()._backend_update_step(grads, trainable_variables, learning_rate)
         state = self._ensure_introspection_state()
         count_dtype = state.update_count.dtype

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from ._factory import introspectable, register
 from ._mechanism import IntrospectionMixin
 
 
@@ -52,3 +53,22 @@ class IntrospectableSGD(IntrospectionMixin, keras.optimizers.SGD):
     >>> round(float(model.optimizer.learning_rate), 6)  # update 4 will apply s(3)
     0.01
     """
+
+
+register(keras.optimizers.SGD, IntrospectableSGD)
+
+# One line per optimizer class that keras.optimizers exports (tests/test_optimizers.py
+# derives the list from the installed Keras and fails on any class missing here).
+IntrospectableAdadelta = introspectable(keras.optimizers.Adadelta)
+IntrospectableAdafactor = introspectable(keras.optimizers.Adafactor)
+IntrospectableAdagrad = introspectable(keras.optimizers.Adagrad)
+IntrospectableAdam = introspectable(keras.optimizers.Adam)
+IntrospectableAdamW = introspectable(keras.optimizers.AdamW)
+IntrospectableAdamax = introspectable(keras.optimizers.Adamax)
+IntrospectableFtrl = introspectable(keras.optimizers.Ftrl)
+IntrospectableLamb = introspectable(keras.optimizers.Lamb)
+IntrospectableLion = introspectable(keras.optimizers.Lion)
+IntrospectableMuon = introspectable(keras.optimizers.Muon)
+IntrospectableNadam = introspectable(keras.optimizers.Nadam)
+IntrospectableRMSprop = introspectable(keras.optimizers.RMSprop)
+IntrospectableScheduleFreeAdamW = introspectable(keras.optimizers.ScheduleFreeAdamW)

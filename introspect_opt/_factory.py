@@ -1,0 +1,223 @@
+"""Making any Keras optimizer class, or instance, introspectable."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import keras
+
+from . import _keras_private
+from ._mechanism import IntrospectionMixin, rate_dtype
+
+_O = TypeVar("_O")
+
+# Keras base class -> its introspectable subclass (one per base, forever).
+_CLASSES: dict[type, type] = {}
+
+_WRAPPERS = (keras.optimizers.LossScaleOptimizer,)
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} (type {type(value).__module__}.{type(value).__qualname__})"
+
+
+def _check_class(optimizer_class: Any) -> None:
+    if not isinstance(optimizer_class, type):
+        raise TypeError(
+            "introspectable() expects a Keras 3 optimizer class such as "
+            f"keras.optimizers.Adam; received {_describe(optimizer_class)}. For an "
+            "optimizer instance use introspect_opt.introspect(optimizer)."
+        )
+    if issubclass(optimizer_class, _WRAPPERS) or optimizer_class.__name__ == "MultiOptimizer":
+        raise TypeError(
+            f"introspectable() received the wrapper {optimizer_class.__qualname__}, "
+            "which applies no updates itself. Make the optimizer it wraps "
+            "introspectable instead, e.g. "
+            "keras.optimizers.LossScaleOptimizer(introspect_opt.IntrospectableAdam(...))."
+        )
+    if not issubclass(optimizer_class, keras.optimizers.Optimizer):
+        raise TypeError(
+            "introspectable() expects a subclass of keras.optimizers.Optimizer "
+            f"(Keras 3); received {optimizer_class.__module__}."
+            f"{optimizer_class.__qualname__}. Legacy `tf.keras` / `tf_keras` "
+            "optimizers are not supported: use the Keras 3 class of the same name."
+        )
+
+
+def _docstring(base: type, name: str, from_keras: bool) -> str:
+    public = f"keras.optimizers.{base.__name__}" if from_keras else base.__qualname__
+    text = (
+        f"``{public}`` that records the learning rate each update applied.\n\n"
+        f"Same constructor and config as ``{public}``, bit-identical updates, files "
+        "interchangeable with it; adds ``current_learning_rate``, the rate the "
+        "last applied update used. Made by ``introspect_opt.introspectable``.\n"
+    )
+    if from_keras:
+        text += (
+            "\nExample:\n\n"
+            ">>> import introspect_opt\n"
+            f">>> opt = introspect_opt.{name}(learning_rate=0.01)\n"
+            ">>> round(float(opt.current_learning_rate), 6)\n"
+            "0.01\n"
+        )
+    return text
+
+
+def introspectable(optimizer_class: type[_O]) -> type[_O]:
+    """Returns the introspectable subclass of a Keras 3 optimizer class.
+
+    The subclass, named ``Introspectable<ClassName>``, has the same constructor,
+    config and bit-identical updates, adds ``current_learning_rate``, and is
+    registered for Keras serialization under the package ``introspect_opt``
+    (``introspect_opt.<module>`` for classes from outside Keras). Repeated
+    calls return the same class; a class that already is introspectable is
+    returned as is.
+
+    Args:
+        optimizer_class: A subclass of ``keras.optimizers.Optimizer``: a
+            built-in one or your own.
+
+    Returns:
+        The introspectable subclass.
+
+    Raises:
+        TypeError: ``optimizer_class`` is not a Keras 3 optimizer class, or is
+            a wrapper such as ``LossScaleOptimizer``.
+
+    Example:
+    >>> import keras, introspect_opt
+    >>> Lion = introspect_opt.introspectable(keras.optimizers.Lion)
+    >>> Lion.__name__, Lion is introspect_opt.IntrospectableLion
+    ('IntrospectableLion', True)
+    >>> opt = Lion(learning_rate=1e-3)
+    >>> round(float(opt.current_learning_rate), 6)
+    0.001
+    """
+    _check_class(optimizer_class)
+    if issubclass(optimizer_class, IntrospectionMixin):
+        return optimizer_class
+    cls = _CLASSES.get(optimizer_class)
+    if cls is None:
+        name = f"Introspectable{optimizer_class.__name__}"
+        from_keras = optimizer_class.__module__.split(".")[0] == "keras"
+        cls = type(
+            name,
+            (IntrospectionMixin, optimizer_class),
+            {
+                "__module__": "introspect_opt" if from_keras else optimizer_class.__module__,
+                "__qualname__": name,
+                "__doc__": _docstring(optimizer_class, name, from_keras),
+            },
+        )
+        package = "introspect_opt" if from_keras else f"introspect_opt.{optimizer_class.__module__}"
+        keras.saving.register_keras_serializable(package=package)(cls)
+        _CLASSES[optimizer_class] = cls
+    return cls
+
+
+def register(base: type, cls: type) -> None:
+    """Records a hand-written introspectable class as the one for ``base``."""
+    _CLASSES[base] = cls
+
+
+def introspect(optimizer: _O) -> _O:
+    """Makes an optimizer instance somebody else built introspectable, in place.
+
+    The instance becomes an instance of ``introspectable(type(optimizer))``
+    (a subclass of its class, so ``isinstance`` checks still hold); nothing
+    else about it changes and training continues bit-identically. If it is
+    already built, its cached-rate state is created now; until its next update,
+    ``current_learning_rate`` is derived from its step counter (the rate the
+    last update applied, up to rounding). ``model.save`` then writes the
+    introspectable class.
+
+    Call it before ``fit`` / the first traced step: a train function Keras
+    traced earlier keeps the old update code until it is retraced (e.g. by
+    ``model.compile`` again); until then the value is derived, not cached.
+
+    Args:
+        optimizer: A Keras 3 optimizer instance (not a ``LossScaleOptimizer``:
+            pass its ``inner_optimizer``).
+
+    Returns:
+        The same object.
+
+    Raises:
+        TypeError: ``optimizer`` is not a Keras 3 optimizer instance, or is a
+            wrapper.
+
+    Example:
+    >>> import keras, introspect_opt
+    >>> opt = keras.optimizers.Adam(learning_rate=0.01)  # made by someone else
+    >>> opt = introspect_opt.introspect(opt)
+    >>> isinstance(opt, keras.optimizers.Adam), type(opt).__name__
+    (True, 'IntrospectableAdam')
+    >>> round(float(opt.current_learning_rate), 6)
+    0.01
+    """
+    if isinstance(optimizer, type) or not isinstance(optimizer, keras.optimizers.Optimizer):
+        if isinstance(optimizer, type):
+            hint = " (a class: use introspect_opt.introspectable(cls) for classes)"
+        else:
+            hint = ""
+        raise TypeError(
+            "introspect() expects a Keras 3 optimizer instance such as "
+            f"keras.optimizers.Adam(...); received {_describe(optimizer)}{hint}."
+        )
+    if isinstance(optimizer, _WRAPPERS):
+        raise TypeError(
+            f"introspect() received a {type(optimizer).__name__}, which applies no "
+            "updates itself: pass the optimizer it wraps, "
+            "introspect(optimizer.inner_optimizer)."
+        )
+    if isinstance(optimizer, IntrospectionMixin):
+        return optimizer
+    instance: Any = optimizer
+    instance.__class__ = introspectable(type(instance))
+    if instance.built:
+        with _keras_private.eager_scope(), _keras_private.strategy_scope(instance):
+            state = instance._ensure_introspection_state()
+            state.create_variables(instance, rate_dtype(instance, instance.learning_rate))
+    return optimizer
+
+
+def current_learning_rate(obj: Any) -> Any:
+    """The learning rate the last applied update used, from whatever holds it.
+
+    Args:
+        obj: An introspectable optimizer, a ``LossScaleOptimizer`` around one,
+            or a compiled model whose ``model.optimizer`` is either.
+
+    Returns:
+        A scalar tensor, as ``optimizer.current_learning_rate``.
+
+    Raises:
+        TypeError: ``obj`` holds a plain Keras optimizer, or none at all.
+
+    Example:
+    >>> import keras, introspect_opt
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> model.compile(introspect_opt.IntrospectableAdam(0.05), loss="mse")
+    >>> round(float(introspect_opt.current_learning_rate(model)), 6)
+    0.05
+    """
+    optimizer = obj
+    if not isinstance(optimizer, keras.optimizers.Optimizer) and hasattr(obj, "optimizer"):
+        optimizer = obj.optimizer
+    if isinstance(optimizer, _WRAPPERS):
+        optimizer = optimizer.inner_optimizer
+    if isinstance(optimizer, IntrospectionMixin):
+        return optimizer.current_learning_rate
+    if isinstance(optimizer, keras.optimizers.Optimizer):
+        raise TypeError(
+            f"{type(optimizer).__name__} '{optimizer.name}' is a plain Keras "
+            "optimizer, which does not record the rate it applied. Make it "
+            "introspectable with `introspect_opt.introspect(optimizer)` before "
+            f"training, or create it as `introspect_opt.Introspectable"
+            f"{type(optimizer).__name__}(...)`."
+        )
+    raise TypeError(
+        "current_learning_rate() expects an introspectable optimizer, a "
+        "LossScaleOptimizer around one, or a compiled model; received "
+        f"{_describe(obj)}."
+    )

@@ -1,0 +1,247 @@
+"""Every Keras optimizer, introspectable: one parameterized suite (TensorFlow backend)."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import SCHEDULE, bits, make_data, make_model, optimizer_state, schedule_value
+
+import introspect_opt
+
+WRAPPERS = {"Optimizer", "LossScaleOptimizer", "MultiOptimizer"}
+KERAS_OPTIMIZERS = sorted(
+    name
+    for name, obj in vars(keras.optimizers).items()
+    if isinstance(obj, type)
+    and issubclass(obj, keras.optimizers.Optimizer)
+    and name not in WRAPPERS
+)
+
+
+def _pair(name: str) -> tuple[Any, Any]:
+    plain_cls = getattr(keras.optimizers, name)
+    return plain_cls, getattr(introspect_opt, f"Introspectable{name}")
+
+
+def test_every_keras_optimizer_has_a_ready_made_class() -> None:
+    """A Keras release that adds an optimizer fails here until it is covered."""
+    assert len(KERAS_OPTIMIZERS) >= 13
+    for name in KERAS_OPTIMIZERS:
+        plain_cls, ours = _pair(name)
+        assert issubclass(ours, plain_cls)
+        assert introspect_opt.introspectable(plain_cls) is ours
+        assert f"Introspectable{name}" in introspect_opt.__all__
+        assert keras.saving.get_registered_name(ours) == f"introspect_opt>Introspectable{name}"
+
+
+def _fit(optimizer: Any, jit_compile: bool, epochs: int = 2) -> Any:
+    model = make_model(seed=5)
+    model.compile(optimizer, loss="mse", jit_compile=jit_compile)
+    x, y = make_data(64, seed=6)
+    model.fit(x, y, batch_size=16, epochs=epochs, verbose=0, shuffle=False)
+    return model
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("name", KERAS_OPTIMIZERS)
+def test_bit_identical_fit_and_applied_rate(name: str, jit_compile: bool) -> None:
+    """Weights and slots equal the plain class's after a 2-epoch fit; the rate is s(n-1)."""
+    plain_cls, ours = _pair(name)
+    plain = _fit(plain_cls(SCHEDULE), jit_compile)
+    mine = _fit(ours(SCHEDULE), jit_compile)
+    for a, b in zip(plain.get_weights(), mine.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(optimizer_state(plain.optimizer), optimizer_state(mine.optimizer), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert int(mine.optimizer.iterations) == 8
+    np.testing.assert_allclose(
+        float(mine.optimizer.current_learning_rate), schedule_value(SCHEDULE, 7), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("name", KERAS_OPTIMIZERS)
+def test_eager_rate_rules(name: str) -> None:
+    """Eager apply_gradients: before any update s(0), after n updates s(n-1)."""
+    _, ours = _pair(name)
+    optimizer = ours(SCHEDULE)
+    model = make_model()
+    assert float(optimizer.current_learning_rate) == schedule_value(SCHEDULE, 0)
+    for n in range(1, 4):
+        optimizer.apply_gradients([(keras.ops.ones(v.shape), v) for v in model.trainable_variables])
+        assert float(optimizer.current_learning_rate) == schedule_value(SCHEDULE, n - 1)
+
+
+@pytest.mark.parametrize("name", KERAS_OPTIMIZERS)
+def test_files_round_trip_and_interchange(tmp_path: Path, name: str) -> None:
+    """.keras, .weights.h5 and checkpoints: exact, and interchangeable with the plain class."""
+    plain_cls, ours = _pair(name)
+    mine = _fit(ours(SCHEDULE), jit_compile=False, epochs=1)
+    expected = bits(mine.optimizer.current_learning_rate)
+    mine.save(tmp_path / "m.keras")
+    mine.save_weights(tmp_path / "m.weights.h5")
+    checkpoint = tf.train.Checkpoint(optimizer=mine.optimizer).save(tmp_path / "ck")
+
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert type(loaded.optimizer) is ours
+    assert loaded.optimizer.get_config() == mine.optimizer.get_config()
+    assert bits(loaded.optimizer.current_learning_rate) == expected
+    for a, b in zip(
+        optimizer_state(mine.optimizer), optimizer_state(loaded.optimizer), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+
+    restored = make_model(seed=5)
+    restored.compile(ours(SCHEDULE), loss="mse")
+    restored.optimizer.build(restored.trainable_variables)
+    tf.train.Checkpoint(optimizer=restored.optimizer).restore(checkpoint).assert_consumed()
+    assert bits(restored.optimizer.current_learning_rate) == expected
+
+    plain = make_model(seed=5)
+    plain.compile(plain_cls(SCHEDULE), loss="mse")
+    plain.optimizer.build(plain.trainable_variables)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain.load_weights(tmp_path / "m.weights.h5")
+    for a, b in zip(optimizer_state(mine.optimizer), optimizer_state(plain.optimizer), strict=True):
+        np.testing.assert_array_equal(a, b)
+    plain.save_weights(tmp_path / "plain.weights.h5")
+    back = make_model(seed=5)
+    back.compile(ours(SCHEDULE), loss="mse")
+    back.optimizer.build(back.trainable_variables)
+    back.load_weights(tmp_path / "plain.weights.h5")
+    assert int(back.optimizer.iterations) == 4
+    np.testing.assert_allclose(
+        float(back.optimizer.current_learning_rate), schedule_value(SCHEDULE, 3), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("name", KERAS_OPTIMIZERS)
+def test_config_round_trip(name: str) -> None:
+    """get_config / from_config and Keras (de)serialization keep the class."""
+    _, ours = _pair(name)
+    optimizer = ours(SCHEDULE)
+    config = optimizer.get_config()
+    assert ours.from_config(copy.deepcopy(config)).get_config() == config
+    assert type(keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))) is ours
+
+
+# --- introspect(): instances somebody else built --------------------------------
+
+
+def test_introspect_an_unbuilt_instance() -> None:
+    """Switched in place; isinstance still holds; training is bit-identical."""
+    optimizer = keras.optimizers.Adam(SCHEDULE)
+    same = introspect_opt.introspect(optimizer)
+    assert same is optimizer
+    assert isinstance(optimizer, keras.optimizers.Adam)
+    assert type(optimizer) is introspect_opt.IntrospectableAdam
+    mine = _fit(optimizer, jit_compile=True)
+    plain = _fit(keras.optimizers.Adam(SCHEDULE), jit_compile=True)
+    for a, b in zip(plain.get_weights(), mine.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert introspect_opt.introspect(optimizer) is optimizer  # idempotent
+
+
+def test_introspect_a_trained_instance_from_load_model(tmp_path: Path) -> None:
+    """A plain optimizer loaded from a file: derived rate now, exact after the next update."""
+    plain_model = _fit(keras.optimizers.RMSprop(SCHEDULE), jit_compile=False, epochs=1)
+    plain_model.save(tmp_path / "plain.keras")
+    reference = keras.models.load_model(tmp_path / "plain.keras")
+    model = keras.models.load_model(tmp_path / "plain.keras")
+    optimizer = introspect_opt.introspect(model.optimizer)
+    assert isinstance(optimizer, keras.optimizers.RMSprop)
+    np.testing.assert_allclose(
+        float(optimizer.current_learning_rate), schedule_value(SCHEDULE, 3), rtol=1e-6
+    )
+    x, y = make_data(32, seed=8)
+    for m in (model, reference):
+        m.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    for a, b in zip(reference.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(
+        float(optimizer.current_learning_rate), schedule_value(SCHEDULE, 5), rtol=1e-6
+    )
+    model.save(tmp_path / "ours.keras")
+    again = keras.models.load_model(tmp_path / "ours.keras")
+    assert type(again.optimizer) is introspect_opt.IntrospectableRMSprop
+    assert bits(again.optimizer.current_learning_rate) == bits(optimizer.current_learning_rate)
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class HalfSGD(keras.optimizers.SGD):
+    """A user optimizer: plain SGD at half the rate."""
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        super().update_step(gradient, variable, keras.ops.multiply(learning_rate, 0.5))
+
+
+def test_user_subclass(tmp_path: Path) -> None:
+    """introspectable() works for user classes, is cached, and round-trips."""
+    cls = introspect_opt.introspectable(HalfSGD)
+    assert cls is introspect_opt.introspectable(HalfSGD)
+    assert cls.__name__ == "IntrospectableHalfSGD" and issubclass(cls, HalfSGD)
+    assert (
+        keras.saving.get_registered_name(cls) == f"introspect_opt.{__name__}>IntrospectableHalfSGD"
+    )
+    model = _fit(cls(SCHEDULE), jit_compile=False, epochs=1)
+    # The rate Keras passed to update_step, not what the subclass did with it.
+    assert float(model.optimizer.current_learning_rate) == pytest.approx(
+        float(schedule_value(SCHEDULE, 3)), rel=1e-6
+    )
+    model.save(tmp_path / "m.keras")
+    assert type(keras.models.load_model(tmp_path / "m.keras").optimizer) is cls
+
+
+def test_current_learning_rate_helper() -> None:
+    """Accepts an optimizer, a LossScaleOptimizer around one, or a compiled model."""
+    keras.config.set_dtype_policy("mixed_float16")
+    model = make_model()
+    model.compile(introspect_opt.IntrospectableAdam(0.02), loss="mse")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    for obj in (model, model.optimizer, model.optimizer.inner_optimizer):
+        assert float(introspect_opt.current_learning_rate(obj)) == np.float32(0.02)
+    plain = keras.optimizers.Adam(0.02, name="adam_of_someone")
+    plain_message = r"Adam 'adam_of_someone' is a plain Keras optimizer.*introspect\(optimizer\)"
+    with pytest.raises(TypeError, match=plain_message):
+        introspect_opt.current_learning_rate(plain)
+    with pytest.raises(TypeError, match="received 3"):
+        introspect_opt.current_learning_rate(3)
+
+
+def test_bad_input_names_what_was_received() -> None:
+    """Non-optimizers, classes vs instances, and wrappers get actionable TypeErrors."""
+    with pytest.raises(
+        TypeError, match=r"optimizer class.*received 'adam'.*introspect\(optimizer\)"
+    ):
+        introspect_opt.introspectable("adam")
+    with pytest.raises(TypeError, match=r"subclass of keras.optimizers.Optimizer.*builtins.dict"):
+        introspect_opt.introspectable(dict)
+    with pytest.raises(TypeError, match=r"wrapper LossScaleOptimizer.*IntrospectableAdam"):
+        introspect_opt.introspectable(keras.optimizers.LossScaleOptimizer)
+    with pytest.raises(
+        TypeError, match=r"optimizer instance.*a class: use introspect_opt\.introspectable"
+    ):
+        introspect_opt.introspect(keras.optimizers.Adam)
+    wrapped = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam())
+    with pytest.raises(TypeError, match=r"introspect\(optimizer\.inner_optimizer\)"):
+        introspect_opt.introspect(wrapped)
+    with pytest.raises(TypeError, match=r"received None"):
+        introspect_opt.introspect(None)
+
+
+def test_constructor_errors_are_kerass_own() -> None:
+    """Arguments Keras rejects raise Keras's error, unchanged."""
+    with pytest.raises(ValueError) as plain:
+        keras.optimizers.SGD(momentum=2.0)
+    with pytest.raises(ValueError) as ours:
+        introspect_opt.IntrospectableSGD(momentum=2.0)
+    assert str(ours.value) == str(plain.value)
+    with pytest.raises(ValueError, match="Argument\\(s\\) not recognized"):
+        introspect_opt.IntrospectableAdam(learning_rat=0.1)
