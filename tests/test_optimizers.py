@@ -41,6 +41,14 @@ def test_every_keras_optimizer_has_a_ready_made_class() -> None:
         assert keras.saving.get_registered_name(ours) == f"introspect_opt>Introspectable{name}"
 
 
+def _built(optimizer: Any) -> Any:
+    """A compiled model whose optimizer is built (no training)."""
+    model = make_model(seed=5)
+    model.compile(optimizer, loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
 def _fit(optimizer: Any, jit_compile: bool, epochs: int = 2) -> Any:
     model = make_model(seed=5)
     model.compile(optimizer, loss="mse", jit_compile=jit_compile)
@@ -97,24 +105,18 @@ def test_files_round_trip_and_interchange(tmp_path: Path, name: str) -> None:
     ):
         np.testing.assert_array_equal(a, b)
 
-    restored = make_model(seed=5)
-    restored.compile(ours(SCHEDULE), loss="mse")
-    restored.optimizer.build(restored.trainable_variables)
+    restored = _built(ours(SCHEDULE))
     tf.train.Checkpoint(optimizer=restored.optimizer).restore(checkpoint).assert_consumed()
     assert bits(restored.optimizer.current_learning_rate) == expected
 
-    plain = make_model(seed=5)
-    plain.compile(plain_cls(SCHEDULE), loss="mse")
-    plain.optimizer.build(plain.trainable_variables)
+    plain = _built(plain_cls(SCHEDULE))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         plain.load_weights(tmp_path / "m.weights.h5")
     for a, b in zip(optimizer_state(mine.optimizer), optimizer_state(plain.optimizer), strict=True):
         np.testing.assert_array_equal(a, b)
     plain.save_weights(tmp_path / "plain.weights.h5")
-    back = make_model(seed=5)
-    back.compile(ours(SCHEDULE), loss="mse")
-    back.optimizer.build(back.trainable_variables)
+    back = _built(ours(SCHEDULE))
     back.load_weights(tmp_path / "plain.weights.h5")
     assert int(back.optimizer.iterations) == 4
     np.testing.assert_allclose(
