@@ -96,13 +96,14 @@ def introspectable(optimizer_class: type[_O]) -> type[_O]:
     _check_class(optimizer_class)
     if issubclass(optimizer_class, IntrospectionMixin):
         return optimizer_class
+    optimizer_class = _keras_private.public_class(optimizer_class)
     cls = _CLASSES.get(optimizer_class)
     if cls is None:
         name = f"Introspectable{optimizer_class.__name__}"
         from_keras = optimizer_class.__module__.split(".")[0] == "keras"
         cls = type(
             name,
-            (IntrospectionMixin, optimizer_class),
+            (IntrospectionMixin, _keras_private.backend_class(optimizer_class)),
             {
                 "__module__": "introspect_opt" if from_keras else optimizer_class.__module__,
                 "__qualname__": name,
@@ -181,12 +182,20 @@ def introspect(optimizer: _O) -> _O:
     return optimizer
 
 
-def current_learning_rate(obj: Any) -> Any:
+def current_learning_rate(obj: Any, optimizer_variables: Any = None) -> Any:
     """The learning rate the last applied update used, from whatever holds it.
+
+    On JAX, ``fit`` keeps the training state off the model's variables between
+    steps; given a model, this puts it back first (``model.jax_state_sync()``),
+    so it also works in callbacks. If you call ``optimizer.stateless_apply``
+    yourself, pass the optimizer variables it returned.
 
     Args:
         obj: An introspectable optimizer, a ``LossScaleOptimizer`` around one,
             or a compiled model whose ``model.optimizer`` is either.
+        optimizer_variables: Optional values for ``optimizer.variables`` (of
+            ``obj`` itself, e.g. the second result of ``stateless_apply``) to
+            read the rate from instead of the variables.
 
     Returns:
         A scalar tensor, as ``optimizer.current_learning_rate``.
@@ -203,11 +212,27 @@ def current_learning_rate(obj: Any) -> Any:
     """
     optimizer = obj
     if not isinstance(optimizer, keras.optimizers.Optimizer) and hasattr(obj, "optimizer"):
+        # On JAX, `fit` keeps the state off the variables between steps; a
+        # model can put it back (cheap when it already is).
+        if hasattr(obj, "jax_state_sync"):
+            obj.jax_state_sync()
         optimizer = obj.optimizer
     if isinstance(optimizer, _WRAPPERS):
         optimizer = optimizer.inner_optimizer
     if isinstance(optimizer, IntrospectionMixin):
-        return optimizer.current_learning_rate
+        if optimizer_variables is None:
+            return optimizer.current_learning_rate
+        holder = obj if isinstance(obj, keras.optimizers.Optimizer) else optimizer
+        values = list(optimizer_variables)
+        if len(values) != len(holder.variables):
+            raise ValueError(
+                f"current_learning_rate() received {len(values)} optimizer_variables "
+                f"for {type(holder).__name__} '{holder.name}', which has "
+                f"{len(holder.variables)} variables; pass the list returned by its "
+                "stateless_apply (or [v.value for v in optimizer.variables])."
+            )
+        with keras.StatelessScope(state_mapping=list(zip(holder.variables, values, strict=True))):
+            return optimizer.current_learning_rate
     if isinstance(optimizer, keras.optimizers.Optimizer):
         raise TypeError(
             f"{type(optimizer).__name__} '{optimizer.name}' is a plain Keras "

@@ -32,6 +32,29 @@ from keras.src.saving.keras_saveable import KerasSaveable as KerasSaveable
 UPDATE_STEP_HOOK = "_backend_update_step"
 
 
+def backend_class(optimizer_class: type) -> type:
+    """The class Keras really instantiates for ``optimizer_class`` on this backend.
+
+    On the torch backend, ``TorchOptimizer.__new__`` swaps the exact built-in
+    classes for fused ``torch._foreach_*`` variants (``keras/src/backend/torch/
+    optimizers``), whose results differ from the generic update in the last
+    bits. An introspectable subclass must extend that variant to stay
+    bit-identical. ``__new__`` alone runs no constructor code.
+    """
+    if keras.backend.backend() != "torch":
+        return optimizer_class
+    cls: Any = optimizer_class
+    return type(cls.__new__(cls))
+
+
+def public_class(optimizer_class: type) -> type:
+    """The ``keras.optimizers`` class behind a backend variant (torch), else itself."""
+    if not optimizer_class.__module__.startswith("keras.src.backend."):
+        return optimizer_class
+    exported = {v for v in vars(keras.optimizers).values() if isinstance(v, type)}
+    return next((c for c in optimizer_class.__mro__ if c in exported), optimizer_class)
+
+
 def raw_step_counter(optimizer: Any) -> Any:
     """The optimizer's raw step counter variable (micro-steps included).
 

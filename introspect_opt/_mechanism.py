@@ -75,8 +75,27 @@ def rate_dtype(optimizer: Any, value: Any) -> str:
     )
 
 
+# With KERAS_BACKEND=jax, `fit` and `stateless_apply` carry only the variables
+# listed in `optimizer.variables` through a step: the cache must be listed there.
+# Elsewhere it stays out, so that wrappers that save `optimizer.variables`
+# (LossScaleOptimizer) write exactly what they write for the plain optimizer.
+_LIST_CACHE_IN_VARIABLES = keras.backend.backend() == "jax"
+
+
 class IntrospectionMixin(_OptimizerBase):
     """Adds ``current_learning_rate`` to the Keras optimizer it precedes in the MRO."""
+
+    @property
+    def variables(self) -> list[Any]:
+        plain = self._plain_variables()
+        state = self.__dict__.get("_introspection_state")
+        if _LIST_CACHE_IN_VARIABLES and state is not None and state.has_variables:
+            return [*plain, state.applied_learning_rate, state.update_count]
+        return plain
+
+    def _plain_variables(self) -> list[Any]:
+        """Exactly the variables of the plain Keras optimizer, in its order."""
+        return list(super().variables)
 
     def _ensure_introspection_state(self) -> AppliedRateState:
         """The state object, created on first need (build or load).
@@ -129,11 +148,18 @@ class IntrospectionMixin(_OptimizerBase):
             return ops.copy(ops.cast(value, rate_dtype(self, value)))
         rate_var = state.applied_learning_rate
         count = ops.cast(count, state.update_count.dtype)
-        return ops.cond(
-            ops.equal(state.update_count, count),
-            lambda: ops.copy(rate_var),
-            lambda: ops.copy(ops.cast(self._derived_rate(count), rate_var.dtype)),
-        )
+        cached = ops.equal(state.update_count, count)
+
+        def read_cache() -> Any:
+            return ops.copy(rate_var)
+
+        def derive() -> Any:
+            return ops.copy(ops.cast(self._derived_rate(count), rate_var.dtype))
+
+        try:  # eager: evaluate only the branch that is needed
+            return read_cache() if bool(cached) else derive()
+        except TypeError:  # traced (tf.function, XLA, jax.jit): a device-side branch
+            return ops.cond(cached, read_cache, derive)
 
     def _derived_rate(self, update_count: Any) -> Any:
         """The rate the last update applied (or the first will), recomputed.

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import keras
 
+from . import _keras_private
 from ._factory import introspectable, register
 from ._mechanism import IntrospectionMixin
 
+if TYPE_CHECKING:
+    from keras.optimizers import SGD as _SGDBase
+else:  # the fused torch variant on the torch backend, for bit-identical updates
+    _SGDBase = _keras_private.backend_class(keras.optimizers.SGD)
+
 
 @keras.saving.register_keras_serializable(package="introspect_opt")
-class IntrospectableSGD(IntrospectionMixin, keras.optimizers.SGD):
+class IntrospectableSGD(IntrospectionMixin, _SGDBase):
     """``keras.optimizers.SGD`` that records the learning rate each update applied.
 
     A drop-in replacement: same constructor, same config, bit-identical

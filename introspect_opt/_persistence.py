@@ -57,7 +57,7 @@ def _read_values(optimizer: Any, store: Any, source: str) -> list[np.ndarray]:
 
 def _mismatch(optimizer: Any, values: list[np.ndarray], source: str) -> str | None:
     """Why ``values`` cannot be assigned to the optimizer's variables, or None."""
-    variables = optimizer.variables
+    variables = optimizer._plain_variables()
     if len(values) != len(variables):
         state = "built" if optimizer.built else "not built yet"
         return (
@@ -109,7 +109,7 @@ def load_optimizer_variables(optimizer: Any, state: AppliedRateState, store: Any
         )
         return
     values = _read_values(optimizer, store, source)
-    variables = optimizer.variables
+    variables = optimizer._plain_variables()
     prefix = _prefix(optimizer)
     fits_prefix = len(values) >= len(prefix) and _mismatch_prefix(prefix, values) is None
     if len(values) == len(variables):
@@ -152,7 +152,7 @@ def _prefix(optimizer: Any) -> list[Any]:
     in ``__init__``; ``build`` appends every slot after them.
     """
     count = 1 + int(_keras_private.has_rate_variable(optimizer))
-    return list(optimizer.variables[:count])
+    return list(optimizer._plain_variables()[:count])
 
 
 def _mismatch_prefix(prefix: list[Any], values: list[np.ndarray]) -> str | None:
@@ -164,7 +164,7 @@ def _mismatch_prefix(prefix: list[Any], values: list[np.ndarray]) -> str | None:
 
 def save_optimizer_variables(optimizer: Any, state: AppliedRateState, store: Any) -> None:
     """Like ``Optimizer.save_own_variables``, keeping state not applied yet."""
-    values = _numpy(optimizer.variables)
+    values = _numpy(optimizer._plain_variables())
     if state.pending is not None and state.pending.slot_values is not None:
         values += state.pending.slot_values
     for index, value in enumerate(values):
@@ -197,5 +197,5 @@ def apply_pending(optimizer: Any, state: AppliedRateState) -> None:
             f"{problem} (The state was loaded before the optimizer was built, so "
             f"it could only be checked now.) {_FIX}"
         )
-    _assign(optimizer.variables[len(prefix) :], pending.slot_values)
+    _assign(optimizer._plain_variables()[len(prefix) :], pending.slot_values)
     state.assign_from_file(pending.cached)

@@ -1,4 +1,10 @@
-"""Test set-up: quiet TensorFlow and four logical CPU devices for strategies."""
+"""Test set-up: the Keras backend, quiet TensorFlow, logical CPU devices.
+
+The suite runs once per backend (``KERAS_BACKEND=tensorflow``, the default,
+then ``jax`` and ``torch``); tests marked ``tf_only`` use TensorFlow-only APIs
+(``tf.function``, ``tf.train.Checkpoint``, ``tf.distribute``) and are skipped,
+with that reason, on the other backends.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +15,30 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras
 import pytest
-import tensorflow as tf
 
-# Logical devices must be configured before TensorFlow initialises its runtime.
-_cpus = tf.config.list_physical_devices("CPU")
-tf.config.set_logical_device_configuration(
-    _cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(4)]
-)
+BACKEND = keras.backend.backend()
+
+if BACKEND == "tensorflow":
+    import tensorflow as tf
+
+    # Logical devices must be configured before TensorFlow initialises its runtime.
+    _cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        _cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(4)]
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skips TensorFlow-only tests on the JAX and torch backends, saying why."""
+    if BACKEND == "tensorflow":
+        return
+    skip = pytest.mark.skip(
+        reason="uses TensorFlow-only APIs (tf.function, tf.train.Checkpoint, "
+        f"tf.distribute); KERAS_BACKEND={BACKEND}"
+    )
+    for item in items:
+        if item.get_closest_marker("tf_only"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

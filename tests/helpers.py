@@ -6,8 +6,23 @@ from typing import Any
 
 import keras
 import numpy as np
+import pytest
 
 from introspect_opt import IntrospectableSGD
+
+# jit_compile settings to test. On the torch backend jit_compile=True means
+# torch.compile, which takes minutes per model on a 2-core CI machine; the XLA
+# paths are covered on TensorFlow and JAX.
+JIT_MODES = [
+    False,
+    pytest.param(
+        True,
+        marks=pytest.mark.skipif(
+            keras.backend.backend() == "torch",
+            reason="jit_compile=True is torch.compile on this backend (minutes per model)",
+        ),
+    ),
+]
 
 SCHEDULE = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=1, decay_rate=0.9)
 
@@ -32,12 +47,29 @@ def make_data(n: int = 64, inputs: int = 8, outputs: int = 1, seed: int = 1) -> 
     return x, y
 
 
+def sync(model: Any) -> Any:
+    """Puts a model's state back on its variables (JAX keeps it off them in fit)."""
+    if hasattr(model, "jax_state_sync"):
+        model.jax_state_sync()
+    return model.optimizer
+
+
 def weights_of(model: Any) -> list[np.ndarray]:
     return [np.asarray(w) for w in model.get_weights()]
 
 
 def optimizer_state(optimizer: Any) -> list[np.ndarray]:
-    return [keras.ops.convert_to_numpy(v) for v in optimizer.variables]
+    """The variables a plain Keras optimizer of the same class has, as arrays.
+
+    On JAX an introspectable optimizer also lists its cache in ``variables``;
+    comparisons with plain optimizers and files are about the plain ones.
+    """
+    inner = getattr(optimizer, "inner_optimizer", None)
+    if inner is not None:  # a LossScaleOptimizer: its own two, then the inner ones
+        own = [keras.ops.convert_to_numpy(v) for v in optimizer._variables]
+        return own + optimizer_state(inner)
+    plain = getattr(optimizer, "_plain_variables", lambda: optimizer.variables)()
+    return [keras.ops.convert_to_numpy(v) for v in plain]
 
 
 def schedule_value(schedule: Any, step: int) -> np.float32:

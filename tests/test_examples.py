@@ -11,6 +11,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# The examples and the benchmark are written for the TensorFlow backend.
+pytestmark = pytest.mark.tf_only
+
 
 def _run(*args: str) -> str:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}

@@ -25,7 +25,12 @@ def test_update_step_hook_exists_with_the_expected_signature() -> None:
 
 
 def test_hook_runs_once_per_applied_update_only() -> None:
-    """Called once per real update and never on accumulation micro-steps."""
+    """Called once per real update, never on accumulation micro-steps (but JAX).
+
+    On JAX, Keras runs it on every micro-step and then reverts everything in
+    optimizer.variables on the steps that are not updates; that is why the
+    cache is listed there on that backend.
+    """
     calls: list[float] = []
 
     class Counting(keras.optimizers.SGD):
@@ -37,7 +42,7 @@ def test_hook_runs_once_per_applied_update_only() -> None:
     w = keras.Variable([1.0, 2.0])
     for _ in range(6):
         optimizer.apply_gradients([(keras.ops.ones((2,)), w)])
-    assert len(calls) == 3
+    assert len(calls) == (6 if keras.backend.backend() == "jax" else 3)
 
 
 def test_raw_counter_and_rate_at_step() -> None:
@@ -69,7 +74,7 @@ def test_saving_walks_the_state_into_a_group_of_its_own(tmp_path: Path) -> None:
         group = f["optimizer/_introspection_state/vars"]
         assert sorted(group.keys()) == ["applied_learning_rate", "update_count"]
         assert np.asarray(group["update_count"]) == 1
-        assert len(f["optimizer/vars"].keys()) == len(model.optimizer.variables)
+        assert len(f["optimizer/vars"].keys()) == len(model.optimizer._plain_variables())
 
 
 def test_load_state_still_carries_skip_mismatch() -> None:

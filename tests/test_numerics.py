@@ -7,7 +7,7 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
-from helpers import SCHEDULE, make_data, make_model, optimizer_state
+from helpers import JIT_MODES, SCHEDULE, make_data, make_model, optimizer_state
 
 from introspect_opt import IntrospectableSGD
 
@@ -31,7 +31,7 @@ def _fit(optimizer: Any, jit_compile: Any) -> Any:
     return model
 
 
-@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("jit_compile", JIT_MODES)
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_multi_epoch_fit_is_bit_identical_to_sgd(name: str, jit_compile: bool) -> None:
     """Weights and every optimizer slot equal plain SGD's exactly after 3 epochs."""

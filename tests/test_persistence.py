@@ -52,6 +52,7 @@ def _assert_restored(a: Any, b: Any) -> None:
 # --- tf.train.Checkpoint -------------------------------------------------------
 
 
+@pytest.mark.tf_only
 def test_checkpoint_round_trip_into_built_optimizer(tmp_path: Path) -> None:
     """A checkpoint restores iterations, slots and the cached bits exactly."""
     model = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9))
@@ -65,6 +66,7 @@ def test_checkpoint_round_trip_into_built_optimizer(tmp_path: Path) -> None:
     assert bits(restored.optimizer.current_learning_rate) == expected
 
 
+@pytest.mark.tf_only
 def test_checkpoint_deferred_restoration_into_unbuilt_optimizer(tmp_path: Path) -> None:
     """Restored before the optimizer exists, the values arrive when fit builds it."""
     model = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9), steps=5)
@@ -87,6 +89,7 @@ def test_checkpoint_deferred_restoration_into_unbuilt_optimizer(tmp_path: Path) 
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.tf_only
 def test_checkpoint_from_plain_sgd_derives_the_rate(tmp_path: Path) -> None:
     """A plain-SGD checkpoint restores into IntrospectableSGD; the rate is s(n-1)."""
     model = _trained(keras.optimizers.SGD(SCHEDULE, momentum=0.9), steps=6)
@@ -102,6 +105,7 @@ def test_checkpoint_from_plain_sgd_derives_the_rate(tmp_path: Path) -> None:
         assert restored.optimizer is optimizer
 
 
+@pytest.mark.tf_only
 def test_checkpoint_into_plain_sgd(tmp_path: Path) -> None:
     """An IntrospectableSGD checkpoint restores into plain SGD, slots intact."""
     model = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9))
@@ -112,6 +116,7 @@ def test_checkpoint_into_plain_sgd(tmp_path: Path) -> None:
     _assert_same_state(model.optimizer, plain)
 
 
+@pytest.mark.tf_only
 def test_checkpoint_float_rate_round_trip(tmp_path: Path) -> None:
     """With a float rate the variable and the cache both come back."""
     model = _trained(IntrospectableSGD(0.05, momentum=0.5))
@@ -191,7 +196,7 @@ def test_plain_sgd_files_load_into_introspectable(tmp_path: Path) -> None:
 
     restored = _compiled(IntrospectableSGD(SCHEDULE, momentum=0.9))
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", UserWarning)
         restored.load_weights(tmp_path / "m.weights.h5")
     _assert_same_state(model.optimizer, restored.optimizer)
     assert float(restored.optimizer.current_learning_rate) == schedule_value(SCHEDULE, 5)
@@ -215,7 +220,7 @@ def test_introspectable_files_load_into_plain_sgd(tmp_path: Path) -> None:
     plain = keras.optimizers.SGD(SCHEDULE, momentum=0.9)
     restored = _compiled(plain)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # Keras warns when it skips optimizer state
+        warnings.simplefilter("error", UserWarning)  # Keras warns when it skips optimizer state
         restored.load_weights(tmp_path / "m.weights.h5")
     _assert_same_state(model.optimizer, plain)
 
@@ -255,12 +260,16 @@ def test_mixed_precision_keras_file_round_trip(tmp_path: Path) -> None:
     loaded = keras.models.load_model(tmp_path / "m.keras")
     assert isinstance(loaded.optimizer.inner_optimizer, IntrospectableSGD)
     _assert_restored(model.optimizer, loaded.optimizer)
+    if keras.backend.backend() == "jax":
+        # On JAX the cache is listed in optimizer.variables (fit carries only
+        # those), so LossScaleOptimizer's own entry counts it: docs/persistence.md.
+        return
     # And into a plain-SGD LossScaleOptimizer, without Keras's silent skip.
     plain = make_model(seed=2)
     plain.compile(keras.optimizers.SGD(SCHEDULE, momentum=0.9), loss="mse")
     plain.optimizer.build(plain.trainable_variables)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", UserWarning)
         plain.load_weights(tmp_path / "m.keras")
     _assert_same_state(model.optimizer, plain.optimizer)
 
@@ -403,7 +412,7 @@ def test_file_saved_after_compile_before_training_loads(tmp_path: Path, kwargs: 
     model.save(tmp_path / "m.keras")
     model.save_weights(tmp_path / "m.weights.h5")
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", UserWarning)
         loaded = keras.models.load_model(tmp_path / "m.keras")
     assert type(loaded.optimizer) is IntrospectableSGD
     assert float(loaded.optimizer.current_learning_rate) == np.float32(0.05)

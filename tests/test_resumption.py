@@ -8,7 +8,7 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
-from helpers import SCHEDULE, make_data, make_model, schedule_value
+from helpers import SCHEDULE, make_data, make_model, schedule_value, sync
 
 from introspect_opt import IntrospectableSGD
 
@@ -44,7 +44,7 @@ class Trajectory(keras.callbacks.Callback):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-        optimizer = self.model.optimizer
+        optimizer = sync(self.model)
         self.rows.append(
             (self.epoch, int(optimizer.iterations), float(optimizer.current_learning_rate))
         )

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import Witness, bits, make_data, make_model, schedule_value
+from helpers import Witness, bits, make_data, make_model, schedule_value, sync
 
 from introspect_opt import IntrospectableSGD
 
@@ -57,6 +57,7 @@ def test_schedule_off_by_one_eager(name: str) -> None:
         assert float(optimizer.learning_rate) == schedule_value(schedule, n)
 
 
+@pytest.mark.tf_only
 @pytest.mark.parametrize("jit_compile", [False, True])
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
 def test_schedule_matches_update_step_bits_in_tf_function(name: str, jit_compile: bool) -> None:
@@ -74,6 +75,22 @@ def test_schedule_matches_update_step_bits_in_tf_function(name: str, jit_compile
         read_inside, witnessed = train_step()
         assert bits(read_inside) == bits(witnessed)
         assert bits(optimizer.current_learning_rate) == bits(optimizer.witness)
+
+
+def test_gradient_accumulation_eager() -> None:
+    """Eager accumulation: reads between micro-steps return the cached bits."""
+    k = 4
+    optimizer = IntrospectableSGD(SCHEDULES["exponential"], gradient_accumulation_steps=k)
+    w = keras.Variable([1.0, 2.0])
+    assert float(optimizer.current_learning_rate) == schedule_value(SCHEDULES["exponential"], k - 1)
+    for raw in range(1, 13):
+        optimizer.apply_gradients([(keras.ops.ones((2,)), w)])
+        updates = raw // k
+        expected_step = updates * k - 1 if updates else k - 1
+        assert float(optimizer.current_learning_rate) == schedule_value(
+            SCHEDULES["exponential"], expected_step
+        )
+        assert int(optimizer.iterations) == updates
 
 
 def test_float_rate_and_setter_show_after_next_update() -> None:
@@ -124,7 +141,7 @@ def test_returns_a_snapshot_not_the_variable() -> None:
     w = keras.Variable([1.0, 2.0])
     _step(optimizer, w)
     snapshot = optimizer.current_learning_rate
-    assert isinstance(snapshot, tf.Tensor) and not isinstance(snapshot, tf.Variable)
+    assert keras.ops.is_tensor(snapshot) and not isinstance(snapshot, keras.Variable)
     assert snapshot.shape == ()
     before = float(snapshot)
     _step(optimizer, w)
@@ -141,7 +158,7 @@ def test_learning_rate_scheduler_callback() -> None:
     seen: list[tuple[int, float]] = []
     probe = keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda b, logs: seen.append(
-            (int(optimizer.iterations), float(optimizer.current_learning_rate))
+            (int(sync(model).iterations), float(optimizer.current_learning_rate))
         )
     )
     scheduler = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.1 / (epoch + 1))
@@ -160,7 +177,7 @@ def test_reduce_lr_on_plateau() -> None:
     seen: list[tuple[float, float]] = []
     probe = keras.callbacks.LambdaCallback(
         on_epoch_end=lambda e, logs: seen.append(
-            (float(optimizer.current_learning_rate), float(optimizer.learning_rate))
+            (float(sync(model).current_learning_rate), float(optimizer.learning_rate))
         )
     )
     # min_delta=1e9: from the second epoch on every epoch is a plateau, so the
