@@ -191,6 +191,8 @@ class IntrospectionMixin(_OptimizerBase):
     ) -> None:
         # Keras calls this once per applied update, with the very value it
         # passes to every `update_step` (see _keras_private.UPDATE_STEP_HOOK).
+        # (JAX also calls it on accumulation micro-steps, then reverts every
+        # variable in `optimizer.variables`, the cache included.)
         rate_dtype(self, learning_rate)  # a clear error before Keras's own
         super()._backend_update_step(grads, trainable_variables, learning_rate)
         state = self._ensure_introspection_state()
