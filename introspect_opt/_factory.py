@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, TypeVar
 
 import keras
@@ -21,6 +22,10 @@ def _describe(value: Any) -> str:
     return f"{value!r} (type {type(value).__module__}.{type(value).__qualname__})"
 
 
+def _is_multi_optimizer(value: Any) -> bool:
+    return any(c.__name__ == "MultiOptimizer" for c in type(value).__mro__)
+
+
 def _check_class(optimizer_class: Any) -> None:
     if not isinstance(optimizer_class, type):
         raise TypeError(
@@ -34,6 +39,12 @@ def _check_class(optimizer_class: Any) -> None:
             "which applies no updates itself. Make the optimizer it wraps "
             "introspectable instead, e.g. "
             "keras.optimizers.LossScaleOptimizer(introspect_opt.IntrospectableAdam(...))."
+        )
+    if optimizer_class in (keras.optimizers.Optimizer, keras.Optimizer):
+        raise TypeError(
+            "introspectable() received the abstract base class "
+            "keras.optimizers.Optimizer; pass a concrete optimizer class such as "
+            "keras.optimizers.Adam, or your own subclass."
         )
     if not issubclass(optimizer_class, keras.optimizers.Optimizer):
         raise TypeError(
@@ -110,10 +121,21 @@ def introspectable(optimizer_class: type[_O]) -> type[_O]:
                 "__doc__": _docstring(optimizer_class, name, from_keras),
             },
         )
+        generated: Any = cls
+        generated._introspect_base = optimizer_class
+        generated.__signature__ = inspect.signature(optimizer_class)
         package = "introspect_opt" if from_keras else f"introspect_opt.{optimizer_class.__module__}"
-        keras.saving.register_keras_serializable(package=package)(cls)
+        # The qualified name keeps two nested classes of one module apart.
+        keras.saving.register_keras_serializable(
+            package=package, name=f"Introspectable{optimizer_class.__qualname__}"
+        )(cls)
         _CLASSES[optimizer_class] = cls
     return cls
+
+
+def unpickle(optimizer_class: type, *args: Any) -> Any:
+    """Rebuilds a pickled instance of ``introspectable(optimizer_class)``."""
+    return introspectable(optimizer_class)._unpickle_model(*args)  # type: ignore[attr-defined]
 
 
 def register(base: type, cls: type) -> None:
@@ -128,9 +150,10 @@ def introspect(optimizer: _O) -> _O:
     (a subclass of its class, so ``isinstance`` checks still hold); nothing
     else about it changes and training continues bit-identically. If it is
     already built, its cached-rate state is created now; until its next update,
-    ``current_learning_rate`` is derived from its step counter (the rate the
-    last update applied, up to rounding). ``model.save`` then writes the
-    introspectable class.
+    ``current_learning_rate`` is derived from its step counter: for a schedule,
+    the rate the last update applied (up to rounding); for a float rate, the
+    rate variable's current value, which a callback may have changed since.
+    ``model.save`` then writes the introspectable class.
 
     Call it before ``fit`` / the first traced step: a train function Keras
     traced earlier keeps the old update code until it is retraced (e.g. by
@@ -165,10 +188,10 @@ def introspect(optimizer: _O) -> _O:
             "introspect() expects a Keras 3 optimizer instance such as "
             f"keras.optimizers.Adam(...); received {_describe(optimizer)}{hint}."
         )
-    if isinstance(optimizer, _WRAPPERS):
+    if isinstance(optimizer, _WRAPPERS) or _is_multi_optimizer(optimizer):
         raise TypeError(
             f"introspect() received a {type(optimizer).__name__}, which applies no "
-            "updates itself: pass the optimizer it wraps, "
+            "updates itself: pass the optimizer(s) it wraps, e.g. "
             "introspect(optimizer.inner_optimizer)."
         )
     if isinstance(optimizer, IntrospectionMixin):
@@ -233,6 +256,13 @@ def current_learning_rate(obj: Any, optimizer_variables: Any = None) -> Any:
             )
         with keras.StatelessScope(state_mapping=list(zip(holder.variables, values, strict=True))):
             return optimizer.current_learning_rate
+    if _is_multi_optimizer(optimizer):
+        raise TypeError(
+            f"{type(optimizer).__name__} '{optimizer.name}' holds several "
+            "optimizers, each with its own rate: read each one, "
+            "current_learning_rate(sub_optimizer), for sub-optimizers made "
+            "introspectable."
+        )
     if isinstance(optimizer, keras.optimizers.Optimizer):
         raise TypeError(
             f"{type(optimizer).__name__} '{optimizer.name}' is a plain Keras "

@@ -104,6 +104,27 @@ def keras_load_skips_mismatches() -> bool:
     return False
 
 
+def is_traced(value: Any) -> bool:
+    """Whether ``value`` is symbolic: inside ``tf.function`` / XLA or ``jax.jit``."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return not tf.executing_eagerly()
+    if backend == "jax":
+        import jax
+
+        return isinstance(value, jax.core.Tracer)
+    return False
+
+
+def default_name(optimizer_class: type) -> str:
+    """The name Keras gives an unnamed optimizer of ``optimizer_class``."""
+    from keras.src.utils.naming import auto_name
+
+    return str(auto_name(optimizer_class.__name__))
+
+
 def learning_rate_source(optimizer: Any) -> Any:
     """What the optimizer's learning rate comes from: schedule, callable or variable."""
     return optimizer._learning_rate

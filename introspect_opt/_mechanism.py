@@ -13,6 +13,7 @@ One mixin, placed before a Keras optimizer class in the bases, adds:
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any
 
 import keras
@@ -85,6 +86,32 @@ _LIST_CACHE_IN_VARIABLES = keras.backend.backend() == "jax"
 class IntrospectionMixin(_OptimizerBase):
     """Adds ``current_learning_rate`` to the Keras optimizer it precedes in the MRO."""
 
+    # The public Keras class an introspectable class extends; set on each
+    # introspectable class itself (not inherited by user subclasses of it).
+    _introspect_base: type
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        base = type(self).__dict__.get("_introspect_base")
+        if base is not None and kwargs.get("name") is None:
+            positional = list(inspect.signature(base).parameters)[: len(args)]
+            if "name" not in positional:
+                # Keras names an unnamed optimizer after its class: keep the
+                # plain class's default ("adam", not "introspectable_adam"),
+                # so variable paths and state trees match the plain optimizer's.
+                kwargs["name"] = _keras_private.default_name(base)
+        super().__init__(*args, **kwargs)
+
+    def __reduce__(self) -> Any:
+        base = type(self).__dict__.get("_introspect_base")
+        reduced = super().__reduce__()
+        if base is None:
+            return reduced
+        from . import _factory
+
+        # Keras pickles through `type(self)._unpickle_model`, found by class
+        # name; a class made by `introspectable()` is found through its base.
+        return (_factory.unpickle, (base, *reduced[1]))
+
     @property
     def variables(self) -> list[Any]:
         plain = self._plain_variables()
@@ -156,10 +183,9 @@ class IntrospectionMixin(_OptimizerBase):
         def derive() -> Any:
             return ops.copy(ops.cast(self._derived_rate(count), rate_var.dtype))
 
-        try:  # eager: evaluate only the branch that is needed
-            return read_cache() if bool(cached) else derive()
-        except TypeError:  # traced (tf.function, XLA, jax.jit): a device-side branch
+        if _keras_private.is_traced(cached):  # tf.function, XLA, jax.jit
             return ops.cond(cached, read_cache, derive)
+        return read_cache() if bool(cached) else derive()  # only the branch needed
 
     def _derived_rate(self, update_count: Any) -> Any:
         """The rate the last update applied (or the first will), recomputed.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING
 
 import keras
@@ -63,6 +64,8 @@ class IntrospectableSGD(IntrospectionMixin, _SGDBase):
     """
 
 
+IntrospectableSGD._introspect_base = keras.optimizers.SGD
+IntrospectableSGD.__signature__ = inspect.signature(keras.optimizers.SGD)
 register(keras.optimizers.SGD, IntrospectableSGD)
 
 # One line per optimizer class that keras.optimizers exports (tests/test_optimizers.py

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,22 @@ def test_user_subclass(tmp_path: Path) -> None:
     )
     model.save(tmp_path / "m.keras")
     assert type(keras.models.load_model(tmp_path / "m.keras").optimizer) is cls
+    copied = pickle.loads(pickle.dumps(cls(0.1)))
+    assert type(copied) is cls
+
+
+def test_default_names_are_the_plain_classes() -> None:
+    """Unnamed, an introspectable optimizer is named (and its variables pathed) as the plain one."""
+    for name in KERAS_OPTIMIZERS:
+        plain_cls, ours = _pair(name)
+        keras.backend.clear_session()  # fresh name counters for each
+        expected = plain_cls().name
+        keras.backend.clear_session()
+        assert ours().name == expected, name
+    optimizer = introspect_opt.IntrospectableAdam(name="mine")
+    assert optimizer.name == "mine"
+    optimizer.build(make_model().trainable_variables)
+    assert all(v.path.startswith("mine/") for v in optimizer.variables)
 
 
 def test_current_learning_rate_helper() -> None:
@@ -240,6 +257,8 @@ def test_bad_input_names_what_was_received() -> None:
         TypeError, match=r"optimizer class.*received 'adam'.*introspect\(optimizer\)"
     ):
         introspect_opt.introspectable("adam")
+    with pytest.raises(TypeError, match=r"abstract base class keras.optimizers.Optimizer"):
+        introspect_opt.introspectable(keras.optimizers.Optimizer)
     with pytest.raises(TypeError, match=r"subclass of keras.optimizers.Optimizer.*builtins.dict"):
         introspect_opt.introspectable(dict)
     with pytest.raises(TypeError, match=r"wrapper LossScaleOptimizer.*IntrospectableAdam"):
