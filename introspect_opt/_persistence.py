@@ -66,14 +66,23 @@ def _mismatch(optimizer: Any, values: list[np.ndarray], source: str) -> str | No
             f"{len(variables)}. Plain Keras would skip all optimizer state here "
             f"with only a warning; nothing was loaded into the optimizer."
         )
-    for index, (variable, value) in enumerate(zip(variables, values, strict=True)):
+    index = _first_shape_mismatch(variables, values)
+    if index is not None:
+        variable, value = variables[index], values[index]
+        return (
+            f"Cannot restore {_describe(optimizer)} from {source}: optimizer "
+            f"variable {index} ('{variable.path}') has shape "
+            f"{tuple(variable.shape)}, the file holds shape "
+            f"{tuple(value.shape)}. Nothing was loaded into the optimizer."
+        )
+    return None
+
+
+def _first_shape_mismatch(variables: list[Any], values: list[np.ndarray]) -> int | None:
+    """Index of the first variable whose shape differs from its value's, if any."""
+    for index, (variable, value) in enumerate(zip(variables, values, strict=False)):
         if tuple(variable.shape) != tuple(value.shape):
-            return (
-                f"Cannot restore {_describe(optimizer)} from {source}: optimizer "
-                f"variable {index} ('{variable.path}') has shape "
-                f"{tuple(variable.shape)}, the file holds shape "
-                f"{tuple(value.shape)}. Nothing was loaded into the optimizer."
-            )
+            return index
     return None
 
 
@@ -111,7 +120,7 @@ def load_optimizer_variables(optimizer: Any, state: AppliedRateState, store: Any
     values = _read_values(optimizer, store, source)
     variables = optimizer._plain_variables()
     prefix = _prefix(optimizer)
-    fits_prefix = len(values) >= len(prefix) and _mismatch_prefix(prefix, values) is None
+    fits_prefix = len(values) >= len(prefix) and _first_shape_mismatch(prefix, values) is None
     if len(values) == len(variables):
         problem = _mismatch(optimizer, values, source)
         if problem:
@@ -153,13 +162,6 @@ def _prefix(optimizer: Any) -> list[Any]:
     """
     count = 1 + int(_keras_private.has_rate_variable(optimizer))
     return list(optimizer._plain_variables()[:count])
-
-
-def _mismatch_prefix(prefix: list[Any], values: list[np.ndarray]) -> str | None:
-    for variable, value in zip(prefix, values, strict=False):
-        if tuple(variable.shape) != tuple(value.shape):
-            return f"'{variable.path}'"
-    return None
 
 
 def save_optimizer_variables(optimizer: Any, state: AppliedRateState, store: Any) -> None:
