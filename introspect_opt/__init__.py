@@ -1,8 +1,12 @@
 """introspect-opt: the learning rate your Keras optimizer actually applied."""
 
+from ._callbacks import LearningRateLogger as LearningRateLogger
+from ._callbacks import ScaleLearningRateOnPlateau as ScaleLearningRateOnPlateau
 from ._factory import current_learning_rate as current_learning_rate
 from ._factory import introspect as introspect
 from ._factory import introspectable as introspectable
+from ._history import keep_rate_history as keep_rate_history
+from ._history import rate_history as rate_history
 from ._optimizers import IntrospectableAdadelta as IntrospectableAdadelta
 from ._optimizers import IntrospectableAdafactor as IntrospectableAdafactor
 from ._optimizers import IntrospectableAdagrad as IntrospectableAdagrad
@@ -35,7 +39,11 @@ __all__ = [
     "IntrospectableRMSprop",
     "IntrospectableSGD",
     "IntrospectableScheduleFreeAdamW",
+    "LearningRateLogger",
+    "ScaleLearningRateOnPlateau",
     "current_learning_rate",
     "introspect",
     "introspectable",
+    "keep_rate_history",
+    "rate_history",
 ]

@@ -233,35 +233,44 @@ def current_learning_rate(obj: Any, optimizer_variables: Any = None) -> Any:
     >>> round(float(introspect_opt.current_learning_rate(model)), 6)
     0.05
     """
+    optimizer = resolve_optimizer(obj, "current_learning_rate()")
+    if optimizer_variables is None:
+        return optimizer.current_learning_rate
+    holder = obj if isinstance(obj, keras.optimizers.Optimizer) else optimizer
+    values = list(optimizer_variables)
+    if len(values) != len(holder.variables):
+        raise ValueError(
+            f"current_learning_rate() received {len(values)} optimizer_variables "
+            f"for {type(holder).__name__} '{holder.name}', which has "
+            f"{len(holder.variables)} variables; pass the list returned by its "
+            "stateless_apply (or [v.value for v in optimizer.variables])."
+        )
+    with keras.StatelessScope(state_mapping=list(zip(holder.variables, values, strict=True))):
+        return optimizer.current_learning_rate
+
+
+def resolve_optimizer(obj: Any, caller: str) -> Any:
+    """The introspectable optimizer behind ``obj``, with its state in place.
+
+    ``obj`` may be the optimizer, a ``LossScaleOptimizer`` around one, or a
+    compiled model (on JAX, whose ``fit`` keeps the training state off the
+    variables between steps, the state is put back first: cheap when it
+    already is). Anything else is a TypeError that says what to pass.
+    """
     optimizer = obj
     if not isinstance(optimizer, keras.optimizers.Optimizer) and hasattr(obj, "optimizer"):
-        # On JAX, `fit` keeps the state off the variables between steps; a
-        # model can put it back (cheap when it already is).
         if hasattr(obj, "jax_state_sync"):
             obj.jax_state_sync()
         optimizer = obj.optimizer
     if isinstance(optimizer, _WRAPPERS):
         optimizer = optimizer.inner_optimizer
     if isinstance(optimizer, IntrospectionMixin):
-        if optimizer_variables is None:
-            return optimizer.current_learning_rate
-        holder = obj if isinstance(obj, keras.optimizers.Optimizer) else optimizer
-        values = list(optimizer_variables)
-        if len(values) != len(holder.variables):
-            raise ValueError(
-                f"current_learning_rate() received {len(values)} optimizer_variables "
-                f"for {type(holder).__name__} '{holder.name}', which has "
-                f"{len(holder.variables)} variables; pass the list returned by its "
-                "stateless_apply (or [v.value for v in optimizer.variables])."
-            )
-        with keras.StatelessScope(state_mapping=list(zip(holder.variables, values, strict=True))):
-            return optimizer.current_learning_rate
+        return optimizer
     if _is_multi_optimizer(optimizer):
         raise TypeError(
             f"{type(optimizer).__name__} '{optimizer.name}' holds several "
-            "optimizers, each with its own rate: read each one, "
-            "current_learning_rate(sub_optimizer), for sub-optimizers made "
-            "introspectable."
+            f"optimizers, each with its own rate: pass each one to {caller}, "
+            "for sub-optimizers made introspectable."
         )
     if isinstance(optimizer, keras.optimizers.Optimizer):
         raise TypeError(
@@ -272,7 +281,6 @@ def current_learning_rate(obj: Any, optimizer_variables: Any = None) -> Any:
             f"{type(optimizer).__name__}(...)`."
         )
     raise TypeError(
-        "current_learning_rate() expects an introspectable optimizer, a "
-        "LossScaleOptimizer around one, or a compiled model; received "
-        f"{_describe(obj)}."
+        f"{caller} expects an introspectable optimizer, a LossScaleOptimizer "
+        f"around one, or a compiled model; received {_describe(obj)}."
     )

@@ -31,6 +31,16 @@ from keras.src.saving.keras_saveable import KerasSaveable as KerasSaveable
 # gradient-accumulation branch that really updates; never on skipped steps).
 UPDATE_STEP_HOOK = "_backend_update_step"
 
+# Further methods the mechanism overrides (checked against Keras 3.15.0/3.15.1):
+# every read of ``optimizer.learning_rate`` (update_step, weight decay) goes
+# through the first, so a plateau multiplier applied there scales them all;
+# decoupled weight decay runs in the second, just before UPDATE_STEP_HOOK, so
+# diagnostics snapshot the weights there; on TensorFlow, gradients are summed
+# over replicas in the third, so the gradient norm is taken of its result.
+CURRENT_RATE_HOOK = "_get_current_learning_rate"
+WEIGHT_DECAY_HOOK = "_apply_weight_decay"
+TF_GRADIENT_REDUCTION_HOOK = "_all_reduce_sum_gradients"
+
 
 def backend_class(optimizer_class: type) -> type:
     """The class Keras really instantiates for ``optimizer_class`` on this backend.
@@ -123,6 +133,13 @@ def default_name(optimizer_class: type) -> str:
     from keras.src.utils.naming import auto_name
 
     return str(auto_name(optimizer_class.__name__))
+
+
+def unnumbered_default_name(optimizer_class: type) -> str:
+    """The default name of ``optimizer_class`` before Keras numbers it (``sgd``)."""
+    from keras.src.utils.naming import to_snake_case
+
+    return str(to_snake_case(optimizer_class.__name__))
 
 
 def learning_rate_source(optimizer: Any) -> Any:

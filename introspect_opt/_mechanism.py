@@ -14,13 +14,14 @@ One mixin, placed before a Keras optimizer class in the bases, adds:
 from __future__ import annotations
 
 import inspect
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 from keras import ops
 
-from . import _keras_private, _persistence
+from . import _diagnostics, _keras_private, _persistence
 from ._state import AppliedRateState
 
 if TYPE_CHECKING:
@@ -116,8 +117,8 @@ class IntrospectionMixin(_OptimizerBase):
     def variables(self) -> list[Any]:
         plain = self._plain_variables()
         state = self.__dict__.get("_introspection_state")
-        if _LIST_CACHE_IN_VARIABLES and state is not None and state.has_variables:
-            return [*plain, state.applied_learning_rate, state.update_count]
+        if _LIST_CACHE_IN_VARIABLES and state is not None:
+            return [*plain, *state.all_variables()]
         return plain
 
     def _plain_variables(self) -> list[Any]:
@@ -133,6 +134,7 @@ class IntrospectionMixin(_OptimizerBase):
         state = self.__dict__.get("_introspection_state")
         if state is None:
             state = AppliedRateState()
+            state.owner = weakref.ref(self)
             # Attribute assignment makes it a named tf.train.Checkpoint
             # dependency (restored even when attached after `restore()`) and
             # a group of its own in .keras / .weights.h5 files.
@@ -201,7 +203,22 @@ class IntrospectionMixin(_OptimizerBase):
             ops.subtract(ops.multiply(update_count, k), 1),
             ops.cast(k - 1, counter_dtype),
         )
-        return _keras_private.learning_rate_at(self, step)
+        return self._scaled(_keras_private.learning_rate_at(self, step))
+
+    def _scaled(self, rate: Any) -> Any:
+        """``rate`` times the plateau multiplier, when there is one."""
+        state = self.__dict__.get("_introspection_state")
+        multiplier = None if state is None else state.learning_rate_multiplier
+        if multiplier is None:
+            return rate
+        rate = ops.convert_to_tensor(rate)
+        return ops.multiply(rate, ops.cast(multiplier, rate.dtype))
+
+    def _get_current_learning_rate(self) -> Any:
+        # The rate every user of `self.learning_rate` sees (update_step, weight
+        # decay, Keras's own logs) includes the plateau multiplier, if any.
+        # See _keras_private.CURRENT_RATE_HOOK.
+        return self._scaled(super()._get_current_learning_rate())
 
     def build(self, variables: Any) -> None:
         if self.built:
@@ -212,6 +229,24 @@ class IntrospectionMixin(_OptimizerBase):
             state.create_variables(self, rate_dtype(self, self.learning_rate))
         _persistence.apply_pending(self, state)
 
+    def _apply_weight_decay(self, variables: Any) -> None:
+        # Diagnostics measure the whole change an update makes, decoupled
+        # weight decay (applied just before _backend_update_step) included.
+        state = self.__dict__.get("_introspection_state")
+        if state is not None and state.gradient_norm is not None:
+            _diagnostics.snapshot_weights(self, variables)
+        super()._apply_weight_decay(variables)
+
+    def _all_reduce_sum_gradients(self, grads_and_vars: Any) -> Any:
+        # TensorFlow only: under a tf.distribute strategy the gradients reach
+        # _backend_update_step per replica and are summed here; the gradient
+        # norm must be that of the sum. (Never called on other backends.)
+        reduced = super()._all_reduce_sum_gradients(grads_and_vars)
+        state = self.__dict__.get("_introspection_state")
+        if state is not None and state.gradient_norm is not None:
+            _diagnostics.stash_gradients(self, [g for g, _ in reduced])
+        return reduced
+
     def _backend_update_step(
         self, grads: Any, trainable_variables: Any, learning_rate: Any
     ) -> None:
@@ -220,13 +255,19 @@ class IntrospectionMixin(_OptimizerBase):
         # (JAX also calls it on accumulation micro-steps, then reverts every
         # variable in `optimizer.variables`, the cache included.)
         rate_dtype(self, learning_rate)  # a clear error before Keras's own
-        super()._backend_update_step(grads, trainable_variables, learning_rate)
         state = self._ensure_introspection_state()
+        diagnose = state.gradient_norm is not None
+        if diagnose:
+            _diagnostics.stash_gradients(self, grads)
+            _diagnostics.snapshot_weights(self, trainable_variables, only_if_missing=True)
+        super()._backend_update_step(grads, trainable_variables, learning_rate)
         count_dtype = state.update_count.dtype
         state.write(
             ops.cast(learning_rate, state.applied_learning_rate.dtype),
             ops.add(ops.cast(self.iterations, count_dtype), ops.cast(1, count_dtype)),
         )
+        if diagnose:
+            _diagnostics.write(self, state, trainable_variables)
 
     def save_own_variables(self, store: Any) -> None:
         _persistence.save_optimizer_variables(self, self._ensure_introspection_state(), store)

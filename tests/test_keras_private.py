@@ -24,6 +24,18 @@ def test_update_step_hook_exists_with_the_expected_signature() -> None:
     ]
 
 
+def test_rate_decay_and_reduction_hooks_exist() -> None:
+    """The other methods the mechanism overrides still exist with their signatures."""
+    base = keras.optimizers.Optimizer
+    current = getattr(base, _keras_private.CURRENT_RATE_HOOK)
+    assert list(inspect.signature(current).parameters) == ["self"]
+    decay = getattr(base, _keras_private.WEIGHT_DECAY_HOOK)
+    assert list(inspect.signature(decay).parameters) == ["self", "variables"]
+    if keras.backend.backend() == "tensorflow":
+        reduce = getattr(base, _keras_private.TF_GRADIENT_REDUCTION_HOOK)
+        assert list(inspect.signature(reduce).parameters) == ["self", "grads_and_vars"]
+
+
 def test_hook_runs_once_per_applied_update_only() -> None:
     """Called once per real update, never on accumulation micro-steps (but JAX).
 
