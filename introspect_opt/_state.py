@@ -194,9 +194,16 @@ class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
         """Restores this state from a file's entries (None: a plain file)."""
         cached = cached or {}
         owner = self.owner()
-        if MULTIPLIER_KEY in cached and owner is not None:
-            # Training state, not an observation: the rate depends on it.
-            self.create_feature(owner, "multiplier")
+        if owner is not None:
+            if MULTIPLIER_KEY in cached:
+                # Training state, not an observation: the rate depends on it.
+                self.create_feature(owner, "multiplier")
+            if HISTORY_RATES_KEY in cached:
+                # Cheap to keep, and what plots of a saved model show. (Not
+                # so diagnostics: they cost a copy of the weights per update
+                # and describe only the last one; a file's are dropped unless
+                # the optimizer records them too.)
+                self.create_feature(owner, "history", len(cached[HISTORY_RATES_KEY]))
         with _keras_private.eager_scope():
             if RATE_KEY in cached:
                 self.applied_learning_rate.assign(cached[RATE_KEY])
