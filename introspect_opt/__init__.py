@@ -2,6 +2,8 @@
 
 from ._callbacks import LearningRateLogger as LearningRateLogger
 from ._callbacks import ScaleLearningRateOnPlateau as ScaleLearningRateOnPlateau
+from ._diagnostics import record_diagnostics as record_diagnostics
+from ._diagnostics import update_diagnostics as update_diagnostics
 from ._factory import current_learning_rate as current_learning_rate
 from ._factory import introspect as introspect
 from ._factory import introspectable as introspectable
@@ -46,4 +48,6 @@ __all__ = [
     "introspectable",
     "keep_rate_history",
     "rate_history",
+    "record_diagnostics",
+    "update_diagnostics",
 ]

@@ -133,17 +133,17 @@ class LearningRateLogger(keras.callbacks.Callback):
         TypeError: at the start of ``fit``, the model's optimizer is not
             introspectable (the message says how to make it so).
 
-    Example:
-    >>> import keras, numpy as np, introspect_opt
-    >>> schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.5)
-    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    >>> model.compile(introspect_opt.IntrospectableSGD(schedule), loss="mse")
-    >>> history = model.fit(
-    ...     np.ones((8, 2)), np.ones((8, 1)), batch_size=4, epochs=2, verbose=0,
-    ...     callbacks=[introspect_opt.LearningRateLogger()],
-    ... )
-    >>> [round(r, 6) for r in history.history["sgd/learning_rate"]]  # s(1), s(3)
-    [0.05, 0.0125]
+    Examples:
+        >>> import keras, numpy as np, introspect_opt
+        >>> schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.5)
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        >>> model.compile(introspect_opt.IntrospectableSGD(schedule), loss="mse")
+        >>> history = model.fit(
+        ...     np.ones((8, 2)), np.ones((8, 1)), batch_size=4, epochs=2, verbose=0,
+        ...     callbacks=[introspect_opt.LearningRateLogger()],
+        ... )
+        >>> [round(r, 6) for r in history.history["sgd/learning_rate"]]  # s(1), s(3)
+        [0.05, 0.0125]
     """
 
     def __init__(
@@ -418,19 +418,19 @@ class ScaleLearningRateOnPlateau(keras.callbacks.Callback):
         TypeError: at the start of ``fit``, the model's optimizer is not
             introspectable (the message says how to make it so).
 
-    Example:
-    >>> import keras, numpy as np, introspect_opt
-    >>> schedule = keras.optimizers.schedules.CosineDecay(0.1, decay_steps=100)
-    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    >>> model.compile(introspect_opt.IntrospectableSGD(schedule), loss="mse")
-    >>> plateau = introspect_opt.ScaleLearningRateOnPlateau(
-    ...     "loss", factor=0.5, patience=0, min_delta=1e9  # every epoch is a plateau
-    ... )
-    >>> history = model.fit(
-    ...     np.ones((4, 2)), np.ones((4, 1)), epochs=3, verbose=0, callbacks=[plateau]
-    ... )
-    >>> history.history["sgd/learning_rate_multiplier"]
-    [1.0, 0.5, 0.25]
+    Examples:
+        >>> import keras, numpy as np, introspect_opt
+        >>> schedule = keras.optimizers.schedules.CosineDecay(0.1, decay_steps=100)
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        >>> model.compile(introspect_opt.IntrospectableSGD(schedule), loss="mse")
+        >>> plateau = introspect_opt.ScaleLearningRateOnPlateau(
+        ...     "loss", factor=0.5, patience=0, min_delta=1e9  # every epoch is a plateau
+        ... )
+        >>> history = model.fit(
+        ...     np.ones((4, 2)), np.ones((4, 1)), epochs=3, verbose=0, callbacks=[plateau]
+        ... )
+        >>> history.history["sgd/learning_rate_multiplier"]
+        [1.0, 0.5, 0.25]
     """
 
     def __init__(

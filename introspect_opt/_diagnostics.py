@@ -11,13 +11,15 @@ With diagnostics on, every applied update also writes three float32 scalars:
   variables before the update (``inf`` or ``nan`` when those are all zero).
 
 The two norms need the gradients and the weights from before the update. Both
-are handed from the Keras hook that sees them to the one that writes through
-``optimizer.__dict__``, never through an attribute Keras or TensorFlow would
-track, and only within one update (one trace).
+are handed from the Keras hook that sees them to the one that writes within one
+update (one trace), through thread-local storage: never an attribute Keras or
+TensorFlow would track, and never shared between the threads in which
+``MirroredStrategy`` traces its replicas.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import keras
@@ -26,21 +28,27 @@ from keras import ops
 
 from ._state import DIAGNOSTIC_KEYS, AppliedRateState
 
-_GRADIENTS = "_introspect_diagnostic_gradients"
-_WEIGHTS_BEFORE = "_introspect_diagnostic_weights_before"
+_LOCAL = threading.local()
+
+
+def _handed_over(optimizer: Any) -> dict[str, Any]:
+    """This thread's hand-over slot for ``optimizer``."""
+    slots: dict[int, dict[str, Any]] = _LOCAL.__dict__.setdefault("slots", {})
+    return slots.setdefault(id(optimizer), {})
 
 
 def stash_gradients(optimizer: Any, grads: list[Any]) -> None:
     """Keeps the gradients of the update being applied (the latest wins)."""
-    optimizer.__dict__[_GRADIENTS] = list(grads)
+    _handed_over(optimizer)["gradients"] = list(grads)
 
 
 def snapshot_weights(optimizer: Any, variables: Any, only_if_missing: bool = False) -> None:
     """Copies ``variables`` as they are before the update changes them."""
-    held = optimizer.__dict__.get(_WEIGHTS_BEFORE)
+    slot = _handed_over(optimizer)
+    held = slot.get("weights_before")
     if only_if_missing and held is not None and held[0] is variables:
         return
-    optimizer.__dict__[_WEIGHTS_BEFORE] = (variables, [ops.copy(_values(v)) for v in variables])
+    slot["weights_before"] = (variables, [ops.copy(_values(v)) for v in variables])
 
 
 def _values(tensor: Any) -> Any:
@@ -63,8 +71,9 @@ def _sum_of_squares(tensors: list[Any]) -> Any:
 
 def write(optimizer: Any, state: AppliedRateState, variables: Any) -> None:
     """Writes the diagnostics of the update that just changed ``variables``."""
-    grads = optimizer.__dict__.pop(_GRADIENTS, None) or []
-    held = optimizer.__dict__.pop(_WEIGHTS_BEFORE, None)
+    slot = _handed_over(optimizer)
+    grads = slot.pop("gradients", None) or []
+    held = slot.pop("weights_before", None)
     if held is None or held[0] is not variables:
         raise RuntimeError(  # pragma: no cover - a Keras change would land here
             "introspect_opt diagnostics did not see the weights before this "
@@ -92,3 +101,79 @@ def read(state: AppliedRateState, fresh: bool) -> dict[str, float]:
         key: float(np.asarray(ops.convert_to_numpy(getattr(state, key)))) if fresh else np.nan
         for key in DIAGNOSTIC_KEYS
     }
+
+
+def record_diagnostics(optimizer: Any) -> Any:
+    """Records, on every applied update, its gradient norm and update size.
+
+    Every update then also writes, on the device (no host round-trip):
+    ``gradient_norm`` (global L2 norm of the gradients the update applied:
+    after accumulation, unscaling and clipping, summed over replicas under a
+    ``tf.distribute`` strategy), ``update_norm`` (global L2 norm of the change
+    to the trainable variables, decoupled weight decay included) and
+    ``update_to_weight_ratio`` (``update_norm`` over the norm of the variables
+    before the update). Costs a copy of the weights and a few reductions per
+    update (and, under a ``tf.distribute`` strategy, nothing more: the norm is
+    taken of the gradients Keras already summed). Weight updates stay bit-identical.
+    ``LearningRateLogger(diagnostics=True)`` calls this for you.
+
+    Args:
+        optimizer: An introspectable optimizer (or a ``LossScaleOptimizer``
+            around one, or a compiled model).
+
+    Returns:
+        The introspectable optimizer.
+
+    Raises:
+        TypeError: ``optimizer`` is not (and holds no) introspectable optimizer.
+
+    Examples:
+        >>> import keras, introspect_opt
+        >>> opt = introspect_opt.record_diagnostics(introspect_opt.IntrospectableSGD(0.5))
+        >>> w = keras.Variable([3.0, 4.0])
+        >>> _ = opt.apply_gradients([(keras.ops.convert_to_tensor([0.6, 0.8]), w)])
+        >>> {k: round(v, 4) for k, v in introspect_opt.update_diagnostics(opt).items()}
+        {'gradient_norm': 1.0, 'update_norm': 0.5, 'update_to_weight_ratio': 0.1}
+    """
+    from . import _factory
+
+    target = _factory.resolve_optimizer(optimizer, "record_diagnostics()")
+    state = target._ensure_introspection_state()
+    if state.has_variables:
+        state.create_feature(target, "diagnostics")
+    else:
+        state.requested.diagnostics = 1
+    return target
+
+
+def update_diagnostics(obj: Any) -> dict[str, float]:
+    """The diagnostics of the last applied update, read in one go.
+
+    Args:
+        obj: An introspectable optimizer, a ``LossScaleOptimizer`` around one,
+            or a compiled model (on JAX, use the model inside ``fit``).
+
+    Returns:
+        ``{"gradient_norm": ..., "update_norm": ..., "update_to_weight_ratio":
+        ...}`` as Python floats; ``nan`` where no update has been recorded
+        since diagnostics were turned on or state was restored from a file
+        without them. Empty when the optimizer does not record diagnostics
+        (see ``record_diagnostics``).
+
+    Raises:
+        TypeError: ``obj`` is not (and holds no) introspectable optimizer.
+
+    Examples:
+        >>> import introspect_opt
+        >>> introspect_opt.update_diagnostics(introspect_opt.IntrospectableSGD(0.1))
+        {}
+    """
+    from . import _factory
+
+    optimizer = _factory.resolve_optimizer(obj, "update_diagnostics()")
+    state = optimizer._ensure_introspection_state()
+    if not state.has_variables:
+        return {}
+    iterations = int(np.asarray(ops.convert_to_numpy(optimizer.iterations)))
+    fresh = int(np.asarray(ops.convert_to_numpy(state.update_count))) == iterations
+    return read(state, fresh)

@@ -51,16 +51,16 @@ def keep_rate_history(optimizer: Any, size: int) -> Any:
             this optimizer already keeps.
         TypeError: ``optimizer`` is not (and holds no) introspectable optimizer.
 
-    Example:
-    >>> import keras, introspect_opt
-    >>> schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.5)
-    >>> opt = introspect_opt.keep_rate_history(introspect_opt.IntrospectableSGD(schedule), 4)
-    >>> w = keras.Variable([1.0])
-    >>> for _ in range(6):
-    ...     _ = opt.apply_gradients([(keras.ops.ones((1,)), w)])
-    >>> steps, rates = introspect_opt.rate_history(opt)
-    >>> steps.tolist(), [round(float(r), 5) for r in rates]
-    ([3, 4, 5, 6], [0.025, 0.0125, 0.00625, 0.00313])
+    Examples:
+        >>> import keras, introspect_opt
+        >>> schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.5)
+        >>> opt = introspect_opt.keep_rate_history(introspect_opt.IntrospectableSGD(schedule), 4)
+        >>> w = keras.Variable([1.0])
+        >>> for _ in range(6):
+        ...     _ = opt.apply_gradients([(keras.ops.ones((1,)), w)])
+        >>> steps, rates = introspect_opt.rate_history(opt)
+        >>> steps.tolist(), [round(float(r), 5) for r in rates]
+        ([3, 4, 5, 6], [0.025, 0.0125, 0.00625, 0.00313])
     """
     size = _check_size(size, "size")
     target = _factory.resolve_optimizer(optimizer, "keep_rate_history()")
@@ -113,15 +113,15 @@ def rate_history(obj: Any) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         TypeError: ``obj`` is not (and holds no) introspectable optimizer.
 
-    Example:
-    >>> import keras, introspect_opt
-    >>> opt = introspect_opt.keep_rate_history(introspect_opt.IntrospectableSGD(0.1), 8)
-    >>> w = keras.Variable([1.0])
-    >>> _ = opt.apply_gradients([(keras.ops.ones((1,)), w)])
-    >>> opt.learning_rate = 0.05
-    >>> _ = opt.apply_gradients([(keras.ops.ones((1,)), w)])
-    >>> steps, rates = introspect_opt.rate_history(opt)
-    >>> steps.tolist(), [round(float(r), 6) for r in rates]
-    ([1, 2], [0.1, 0.05])
+    Examples:
+        >>> import keras, introspect_opt
+        >>> opt = introspect_opt.keep_rate_history(introspect_opt.IntrospectableSGD(0.1), 8)
+        >>> w = keras.Variable([1.0])
+        >>> _ = opt.apply_gradients([(keras.ops.ones((1,)), w)])
+        >>> opt.learning_rate = 0.05
+        >>> _ = opt.apply_gradients([(keras.ops.ones((1,)), w)])
+        >>> steps, rates = introspect_opt.rate_history(opt)
+        >>> steps.tolist(), [round(float(r), 6) for r in rates]
+        ([1, 2], [0.1, 0.05])
     """
     return recorded_rates(_factory.resolve_optimizer(obj, "rate_history()"))

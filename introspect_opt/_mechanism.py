@@ -155,17 +155,17 @@ class IntrospectionMixin(_OptimizerBase):
         strategy), and inside a ``tf.function`` it is ordered after any
         ``apply_gradients`` earlier in the same function.
 
-        Example:
-        >>> import keras, introspect_opt
-        >>> schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.5)
-        >>> opt = introspect_opt.IntrospectableSGD(learning_rate=schedule)
-        >>> w = keras.Variable([1.0])
-        >>> for _ in range(3):
-        ...     _ = opt.apply_gradients([(keras.ops.ones((1,)), w)])
-        >>> round(float(opt.current_learning_rate), 6)  # update 3 applied s(2)
-        0.025
-        >>> round(float(opt.learning_rate), 6)  # update 4 will apply s(3)
-        0.0125
+        Examples:
+            >>> import keras, introspect_opt
+            >>> schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.5)
+            >>> opt = introspect_opt.IntrospectableSGD(learning_rate=schedule)
+            >>> w = keras.Variable([1.0])
+            >>> for _ in range(3):
+            ...     _ = opt.apply_gradients([(keras.ops.ones((1,)), w)])
+            >>> round(float(opt.current_learning_rate), 6)  # update 3 applied s(2)
+            0.025
+            >>> round(float(opt.learning_rate), 6)  # update 4 will apply s(3)
+            0.0125
         """
         state = self.__dict__.get("_introspection_state")
         count = self.iterations

@@ -121,4 +121,3 @@ def test_tf_checkpoint_round_trip(tmp_path: Path) -> None:
     fresh.build(make_model().trainable_variables)
     assert rate_history(fresh)[1].tobytes() == rate_history(model)[1].tobytes()
     assert rate_history(fresh)[0].tolist() == [3, 4, 5, 6]
-

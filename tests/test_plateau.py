@@ -52,7 +52,11 @@ def test_scales_the_schedule_and_the_applied_rate() -> None:
     rates = history.history["sgd/learning_rate"]
     np.testing.assert_allclose(
         rates,
-        [schedule_value(SCHEDULE, 3), schedule_value(SCHEDULE, 7), 0.5 * schedule_value(SCHEDULE, 11)],
+        [
+            schedule_value(SCHEDULE, 3),
+            schedule_value(SCHEDULE, 7),
+            0.5 * schedule_value(SCHEDULE, 11),
+        ],
         rtol=1e-6,
     )
     optimizer = sync(model)
