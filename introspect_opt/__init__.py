@@ -23,6 +23,8 @@ from ._optimizers import IntrospectableNadam as IntrospectableNadam
 from ._optimizers import IntrospectableRMSprop as IntrospectableRMSprop
 from ._optimizers import IntrospectableScheduleFreeAdamW as IntrospectableScheduleFreeAdamW
 from ._optimizers import IntrospectableSGD as IntrospectableSGD
+from ._preview import applied_learning_rates as applied_learning_rates
+from ._preview import plot_learning_rate as plot_learning_rate
 
 __version__ = "0.1.0"
 
@@ -43,10 +45,12 @@ __all__ = [
     "IntrospectableScheduleFreeAdamW",
     "LearningRateLogger",
     "ScaleLearningRateOnPlateau",
+    "applied_learning_rates",
     "current_learning_rate",
     "introspect",
     "introspectable",
     "keep_rate_history",
+    "plot_learning_rate",
     "rate_history",
     "record_diagnostics",
     "update_diagnostics",

@@ -65,11 +65,11 @@ def _docstring(base: type, name: str, from_keras: bool) -> str:
     )
     if from_keras:
         text += (
-            "\nExample:\n\n"
-            ">>> import introspect_opt\n"
-            f">>> opt = introspect_opt.{name}(learning_rate=0.01)\n"
-            ">>> round(float(opt.current_learning_rate), 6)\n"
-            "0.01\n"
+            "\nExamples:\n"
+            "    >>> import introspect_opt\n"
+            f"    >>> opt = introspect_opt.{name}(learning_rate=0.01)\n"
+            "    >>> round(float(opt.current_learning_rate), 6)\n"
+            "    0.01\n"
         )
     return text
 
@@ -95,14 +95,14 @@ def introspectable(optimizer_class: type[_O]) -> type[_O]:
         TypeError: ``optimizer_class`` is not a Keras 3 optimizer class, or is
             a wrapper such as ``LossScaleOptimizer``.
 
-    Example:
-    >>> import keras, introspect_opt
-    >>> Lion = introspect_opt.introspectable(keras.optimizers.Lion)
-    >>> Lion.__name__, Lion is introspect_opt.IntrospectableLion
-    ('IntrospectableLion', True)
-    >>> opt = Lion(learning_rate=1e-3)
-    >>> round(float(opt.current_learning_rate), 6)
-    0.001
+    Examples:
+        >>> import keras, introspect_opt
+        >>> Lion = introspect_opt.introspectable(keras.optimizers.Lion)
+        >>> Lion.__name__, Lion is introspect_opt.IntrospectableLion
+        ('IntrospectableLion', True)
+        >>> opt = Lion(learning_rate=1e-3)
+        >>> round(float(opt.current_learning_rate), 6)
+        0.001
     """
     _check_class(optimizer_class)
     if issubclass(optimizer_class, IntrospectionMixin):
@@ -170,14 +170,14 @@ def introspect(optimizer: _O) -> _O:
         TypeError: ``optimizer`` is not a Keras 3 optimizer instance, or is a
             wrapper.
 
-    Example:
-    >>> import keras, introspect_opt
-    >>> opt = keras.optimizers.Adam(learning_rate=0.01)  # made by someone else
-    >>> opt = introspect_opt.introspect(opt)
-    >>> isinstance(opt, keras.optimizers.Adam), type(opt).__name__
-    (True, 'IntrospectableAdam')
-    >>> round(float(opt.current_learning_rate), 6)
-    0.01
+    Examples:
+        >>> import keras, introspect_opt
+        >>> opt = keras.optimizers.Adam(learning_rate=0.01)  # made by someone else
+        >>> opt = introspect_opt.introspect(opt)
+        >>> isinstance(opt, keras.optimizers.Adam), type(opt).__name__
+        (True, 'IntrospectableAdam')
+        >>> round(float(opt.current_learning_rate), 6)
+        0.01
     """
     if isinstance(optimizer, type) or not isinstance(optimizer, keras.optimizers.Optimizer):
         if isinstance(optimizer, type):
@@ -226,12 +226,12 @@ def current_learning_rate(obj: Any, optimizer_variables: Any = None) -> Any:
     Raises:
         TypeError: ``obj`` holds a plain Keras optimizer, or none at all.
 
-    Example:
-    >>> import keras, introspect_opt
-    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    >>> model.compile(introspect_opt.IntrospectableAdam(0.05), loss="mse")
-    >>> round(float(introspect_opt.current_learning_rate(model)), 6)
-    0.05
+    Examples:
+        >>> import keras, introspect_opt
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        >>> model.compile(introspect_opt.IntrospectableAdam(0.05), loss="mse")
+        >>> round(float(introspect_opt.current_learning_rate(model)), 6)
+        0.05
     """
     optimizer = resolve_optimizer(obj, "current_learning_rate()")
     if optimizer_variables is None:

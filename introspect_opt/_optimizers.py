@@ -28,39 +28,40 @@ class IntrospectableSGD(IntrospectionMixin, _SGDBase):
     will use).
 
     Args:
-        learning_rate: A float, a ``keras.optimizers.schedules``
-            ``LearningRateSchedule``, or a zero-argument callable returning
-            the rate. Defaults to ``0.01``.
-        momentum: Float in ``[0, 1]``. Defaults to ``0.0``.
-        nesterov: Whether to apply Nesterov momentum. Defaults to ``False``.
-        weight_decay: Float or ``None``. If set, weight decay is applied.
-        clipnorm: Float or ``None``. Clip each gradient to this norm.
-        clipvalue: Float or ``None``. Clip each gradient to this value.
-        global_clipnorm: Float or ``None``. Clip all gradients to this global
-            norm.
-        use_ema: Whether to keep an exponential moving average of the weights.
-        ema_momentum: Float, the EMA momentum. Defaults to ``0.99``.
-        ema_overwrite_frequency: Int or ``None``: overwrite the weights with
-            their moving average every this many iterations.
-        loss_scale_factor: Float or ``None``: scale the loss by this factor and
-            the gradients by its inverse.
-        gradient_accumulation_steps: Int ``>= 2`` or ``None``: update the
+        learning_rate (float | LearningRateSchedule | Callable): A float, a
+            ``keras.optimizers.schedules.LearningRateSchedule``, or a
+            zero-argument callable returning the rate. Defaults to ``0.01``.
+        momentum (float): Float in ``[0, 1]``. Defaults to ``0.0``.
+        nesterov (bool): Whether to apply Nesterov momentum. Defaults to
+            ``False``.
+        weight_decay (float | None): If set, weight decay is applied.
+        clipnorm (float | None): Clip each gradient to this norm.
+        clipvalue (float | None): Clip each gradient to this value.
+        global_clipnorm (float | None): Clip all gradients to this global norm.
+        use_ema (bool): Whether to keep an exponential moving average of the
+            weights.
+        ema_momentum (float): The EMA momentum. Defaults to ``0.99``.
+        ema_overwrite_frequency (int | None): Overwrite the weights with their
+            moving average every this many iterations.
+        loss_scale_factor (float | None): Scale the loss by this factor and the
+            gradients by its inverse.
+        gradient_accumulation_steps (int | None): ``>= 2``: update the
             variables every this many steps with the averaged gradients.
-        name: String name of the optimizer.
+        name (str | None): String name of the optimizer.
 
-    Example:
-    >>> import numpy as np, keras, introspect_opt
-    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
-    >>> schedule = keras.optimizers.schedules.PiecewiseConstantDecay([2], [0.1, 0.01])
-    >>> model.compile(introspect_opt.IntrospectableSGD(schedule), loss="mse")
-    >>> x, y = np.ones((12, 4)), np.ones((12, 1))
-    >>> _ = model.fit(x, y, batch_size=4, epochs=1, verbose=0)  # 3 updates
-    >>> int(model.optimizer.iterations)
-    3
-    >>> round(float(model.optimizer.current_learning_rate), 6)  # update 3 applied s(2)
-    0.1
-    >>> round(float(model.optimizer.learning_rate), 6)  # update 4 will apply s(3)
-    0.01
+    Examples:
+        >>> import numpy as np, keras, introspect_opt
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        >>> schedule = keras.optimizers.schedules.PiecewiseConstantDecay([2], [0.1, 0.01])
+        >>> model.compile(introspect_opt.IntrospectableSGD(schedule), loss="mse")
+        >>> x, y = np.ones((12, 4)), np.ones((12, 1))
+        >>> _ = model.fit(x, y, batch_size=4, epochs=1, verbose=0)  # 3 updates
+        >>> int(model.optimizer.iterations)
+        3
+        >>> round(float(model.optimizer.current_learning_rate), 6)  # update 3 applied s(2)
+        0.1
+        >>> round(float(model.optimizer.learning_rate), 6)  # update 4 will apply s(3)
+        0.01
     """
 
 

@@ -31,6 +31,7 @@ def _run(*args: str) -> str:
         ("rate_at_step.py", "applied (restored)"),
         ("fit_callback.py", "epoch 2: applied_lr="),
         ("custom_loop.py", "step 8: loss="),
+        ("schedule_preview.py", "applied equals the preview"),
     ],
 )
 def test_example_runs(script: str, expected: str) -> None:
@@ -41,7 +42,13 @@ def test_example_runs(script: str, expected: str) -> None:
 def test_examples_are_all_tested() -> None:
     """A new example without a test above fails here."""
     scripts = {p.name for p in (ROOT / "examples").glob("*.py")}
-    assert scripts == {"quickstart.py", "rate_at_step.py", "fit_callback.py", "custom_loop.py"}
+    assert scripts == {
+        "quickstart.py",
+        "rate_at_step.py",
+        "fit_callback.py",
+        "custom_loop.py",
+        "schedule_preview.py",
+    }
 
 
 def test_benchmark_runs_and_prints_ratios() -> None:

@@ -1,0 +1,458 @@
+"""Previewing the learning rate an optimizer applies, at any list of updates, and plotting it.
+
+``applied_learning_rates`` answers "what will ``current_learning_rate`` read
+after update ``n``?" for many ``n`` at once, without training: it evaluates the
+rate source the way the update step does (the schedule at the raw micro-step
+counter, times the plateau multiplier). ``plot_learning_rate`` draws that curve
+with the rates already applied on top.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from . import _keras_private
+from ._mechanism import IntrospectionMixin
+
+# More points than a plot is pixels wide; beyond this the schedule is sampled.
+_MAX_PLOT_POINTS = 4096
+_DEFAULT_PLOT_END = 1000
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{text} (type {type(value).__module__}.{type(value).__qualname__})"
+
+
+@dataclass(frozen=True)
+class _RateSource:
+    """What a preview needs to know about an optimizer, schedule or float."""
+
+    # Raw micro-step counters (int64, 1-D) -> the rate Keras passes to update_step.
+    evaluate: Callable[[np.ndarray], np.ndarray]
+    accumulation: int
+    multiplier: float
+    optimizer: Any = None  # the optimizer itself, when there is one
+    holder: Any = None  # what to read current_learning_rate from (model or optimizer)
+    label: str = ""
+
+
+def _as_rate_array(value: Any, what: str) -> np.ndarray:
+    array = np.asarray(keras.ops.convert_to_numpy(value))
+    if array.dtype.kind in "iu":
+        # The update step caches integer rates in floatx, too.
+        return array.astype(keras.config.floatx())
+    if array.dtype.kind != "f":
+        raise TypeError(
+            f"The learning rate from {what} is {_describe(value)}, not a number. "
+            "A schedule must return a float tensor; a callable, a float."
+        )
+    return array
+
+
+def _constant(value: Any, what: str) -> Callable[[np.ndarray], np.ndarray]:
+    rate = _as_rate_array(value, what)
+    if rate.shape != ():
+        raise ValueError(
+            f"The learning rate from {what} has shape {rate.shape}; expected a scalar."
+        )
+    return lambda steps: np.full(steps.shape, rate, dtype=rate.dtype)
+
+
+def _scalar_value(schedule: Any, step: int) -> np.ndarray:
+    return _as_rate_array(schedule(keras.ops.convert_to_tensor(np.int64(step))), repr(schedule))
+
+
+def _agrees_with_scalar_calls(schedule: Any, steps: np.ndarray, values: np.ndarray) -> bool:
+    """Spot-checks a vectorised result against one-step calls of the schedule.
+
+    A schedule built from elementwise ops gives the same values either way (up
+    to a few ulps where a vectorised kernel rounds differently); one that
+    reduces over its input, or branches on it in Python, does not.
+    """
+    if values.shape != steps.shape or values.dtype.kind != "f":
+        return False
+    picks = sorted({0, len(steps) // 2, len(steps) - 1})
+    reference = np.stack([_scalar_value(schedule, int(steps[i])) for i in picks])
+    if reference.shape != (len(picks),):
+        return False
+    scale = float(np.max(np.abs(reference), initial=0.0))
+    return bool(np.allclose(values[picks], reference, rtol=1e-5, atol=1e-6 * scale, equal_nan=True))
+
+
+def _mapped(schedule: Any, steps: np.ndarray) -> Any:
+    """The schedule evaluated one step at a time, but in one compiled call.
+
+    ``ops.cond`` on a vector of steps fails (``CosineDecay`` with warmup uses
+    it); per-element mapping gives each step its own scalar evaluation. Eager
+    one-step calls cost ~1 ms on TensorFlow and ~50 ms on JAX, so thousands of
+    them would be slow.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.vectorized_map(
+            schedule, tf.constant(steps, dtype=tf.int64), fallback_to_while_loop=True
+        )
+    if backend == "jax":
+        import jax
+
+        return jax.jit(jax.vmap(schedule))(keras.ops.convert_to_tensor(steps))
+    return None  # torch.func.vmap rejects the data-dependent `if` of ops.cond.
+
+
+def _evaluate_schedule(schedule: Any, steps: np.ndarray) -> np.ndarray:
+    """``schedule(step)`` for every raw step, vectorised when the schedule allows."""
+    if steps.size == 0:
+        return np.zeros((0,), dtype=keras.config.floatx())
+    attempts: list[Callable[[], Any]] = [
+        lambda: schedule(keras.ops.convert_to_tensor(steps)),
+        lambda: _mapped(schedule, steps),
+    ]
+    for attempt in attempts:
+        try:
+            result = attempt()
+            if result is None:
+                continue
+            values = np.asarray(keras.ops.convert_to_numpy(result))
+            if values.dtype.kind in "iu":
+                values = values.astype(keras.config.floatx())
+            if _agrees_with_scalar_calls(schedule, steps, values):
+                return values
+        except Exception:  # any failure: try the next, slower way
+            continue
+    return np.stack([_scalar_value(schedule, int(step)) for step in steps])
+
+
+def _unwrap_optimizer(optimizer: Any, function: str, argument: str) -> Any:
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return optimizer.inner_optimizer
+    if any(c.__name__ == "MultiOptimizer" for c in type(optimizer).__mro__):
+        raise TypeError(
+            f"{function}() received a {type(optimizer).__name__} as {argument}; it "
+            "holds several optimizers, each with its own rate: pass one of them."
+        )
+    return optimizer
+
+
+def _schedule_multiplier(optimizer: Any) -> float:
+    from . import _plateau
+
+    return float(_plateau.schedule_multiplier(optimizer))
+
+
+def _recorded_rates(optimizer: Any) -> tuple[np.ndarray, np.ndarray]:
+    from . import _history
+
+    return _history.recorded_rates(optimizer)
+
+
+def _resolve(source: Any, function: str, argument: str = "source") -> _RateSource:
+    """Reads an optimizer, a compiled model, a schedule or a float as a rate source."""
+    schedules = keras.optimizers.schedules
+    if isinstance(source, schedules.LearningRateSchedule):
+        return _RateSource(
+            lambda steps: _evaluate_schedule(source, steps), 1, 1.0, label=type(source).__name__
+        )
+    if isinstance(source, numbers.Real) and not isinstance(source, (bool, np.bool_)):
+        # Keras keeps a float rate in a floatx variable.
+        rate = np.asarray(source, dtype=keras.config.floatx())
+        return _RateSource(_constant(rate, repr(source)), 1, 1.0, label=f"constant {source:g}")
+    holder = source
+    optimizer = source
+    if isinstance(source, keras.Model):
+        optimizer = getattr(source, "optimizer", None)
+        if optimizer is None:
+            raise ValueError(
+                f"{function}() received as {argument} the model {source.name!r}, which "
+                "has no optimizer: compile it first, or pass the optimizer or schedule."
+            )
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        raise TypeError(
+            f"{function}() expects {argument} to be a Keras optimizer, a compiled "
+            "model, a keras.optimizers.schedules.LearningRateSchedule or a float; "
+            f"received {_describe(source)}."
+        )
+    optimizer = _unwrap_optimizer(optimizer, function, argument)
+    if hasattr(holder, "jax_state_sync"):
+        # On JAX, `fit` keeps the state off the variables between steps.
+        holder.jax_state_sync()
+    rate = _keras_private.learning_rate_source(optimizer)
+    what = f"{type(optimizer).__name__} '{optimizer.name}'"
+    evaluate: Callable[[np.ndarray], np.ndarray]
+    if isinstance(rate, schedules.LearningRateSchedule):
+        evaluate, label = (lambda steps: _evaluate_schedule(rate, steps)), type(rate).__name__
+    elif isinstance(rate, keras.Variable):
+        evaluate, label = _constant(rate, what), "constant"
+    elif callable(rate):
+        evaluate, label = _constant(rate(), what), "callable"
+    else:
+        evaluate, label = _constant(rate, what), "constant"
+    return _RateSource(
+        evaluate,
+        accumulation=int(optimizer.gradient_accumulation_steps or 1),
+        multiplier=_schedule_multiplier(optimizer),
+        optimizer=optimizer,
+        holder=holder,
+        label=f"{type(optimizer).__name__} '{optimizer.name}', {label}",
+    )
+
+
+def _as_iterations(iterations: Any, function: str, argument: str = "iterations") -> np.ndarray:
+    """Validates update numbers: integers >= 0, any shape."""
+    if isinstance(iterations, (bool, np.bool_)):
+        array = np.asarray(iterations)
+    elif hasattr(iterations, "dtype") and not isinstance(iterations, (np.ndarray, np.generic)):
+        array = np.asarray(keras.ops.convert_to_numpy(iterations))  # a tensor or variable
+    else:
+        try:
+            array = np.asarray(iterations)
+        except (TypeError, ValueError):
+            array = np.asarray(None, dtype=object)
+    if array.size == 0 and array.dtype.kind == "f":
+        array = array.astype(np.int64)  # `[]` is float64 to NumPy
+    if array.dtype.kind not in "iu":
+        raise TypeError(
+            f"{function}() expects {argument} to be integers (values of "
+            f"optimizer.iterations, the number of updates applied); received "
+            f"{_describe(iterations)} with dtype {array.dtype}. Pass e.g. "
+            "np.arange(1000), a list of ints, or cast with .astype(int)."
+        )
+    if array.size and array.min() < 0:
+        position = int(np.argmin(array.ravel() >= 0))
+        raise ValueError(
+            f"{function}() expects {argument} >= 0 (0 = before the first update); "
+            f"received {int(array.ravel()[position])} at position {position}."
+        )
+    return array.astype(np.int64)
+
+
+def _rates(resolved: _RateSource, iterations: np.ndarray) -> np.ndarray:
+    flat = iterations.ravel()
+    k = resolved.accumulation
+    # Update n >= 1 ran at raw counter n*k - 1; before any update, the first will use k - 1.
+    raw = np.where(flat > 0, flat * k - 1, k - 1).astype(np.int64)
+    unique, inverse = np.unique(raw, return_inverse=True)
+    values = resolved.evaluate(unique)
+    if resolved.multiplier != 1.0:
+        values = values * values.dtype.type(resolved.multiplier)
+    return np.asarray(values[inverse.ravel()].reshape(iterations.shape))
+
+
+def applied_learning_rates(source: Any, iterations: Any) -> np.ndarray:
+    """The rate ``current_learning_rate`` reads after each of the given updates.
+
+    For each ``n`` in ``iterations``: what ``optimizer.current_learning_rate``
+    reads when ``optimizer.iterations == n``, computed without training. For
+    ``n >= 1`` that is the rate the ``n``-th update applies, ``lr(n*k - 1)``,
+    where ``k`` is ``gradient_accumulation_steps`` (or 1), because Keras
+    evaluates the schedule at the raw micro-step counter; for ``n == 0``, the
+    rate the first update will use, ``lr(k - 1)``. Both are multiplied by the
+    optimizer's plateau multiplier.
+
+    It is a forecast from the optimizer's rate source as it is *now* (schedule,
+    float rate, multiplier): for updates already applied, a rate changed since
+    (``ReduceLROnPlateau``, ``LearningRateScheduler``) makes the recorded
+    values, not these, what was applied.
+
+    A schedule made of elementwise ops (``ExponentialDecay``,
+    ``PiecewiseConstantDecay``, ``PolynomialDecay``, ``InverseTimeDecay``,
+    ``CosineDecay`` without warmup, ``CosineDecayRestarts``) is evaluated in one
+    call on all steps. One that branches per step (``CosineDecay`` with warmup)
+    is mapped over the steps in one compiled call on TensorFlow and JAX, and
+    called once per distinct step on PyTorch. Each fast result is checked
+    against single-step calls before it is used. Values equal
+    ``schedule(step)`` up to a few ulps where a vectorised kernel rounds
+    differently, as the compiled train step itself can.
+
+    Args:
+        source: A Keras optimizer (introspectable or not; a
+            ``LossScaleOptimizer`` is looked through), a compiled model, a
+            ``keras.optimizers.schedules.LearningRateSchedule`` (treated as an
+            optimizer without gradient accumulation or multiplier), or a float.
+        iterations: Integers ``>= 0``: values of ``optimizer.iterations``, in
+            any order and shape (a list, a NumPy array, ``range``, a tensor).
+
+    Returns:
+        A NumPy array of the shape of ``iterations``, in the dtype of the rate
+        (``float32`` for Keras schedules).
+
+    Raises:
+        TypeError: ``source`` is none of the above, or ``iterations`` are not
+            integers.
+        ValueError: ``iterations`` holds a negative number, or ``source`` is a
+            model without optimizer.
+
+    Examples:
+        >>> import keras, introspect_opt
+        >>> schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.5)
+        >>> introspect_opt.applied_learning_rates(schedule, [0, 1, 2, 3]).round(6)
+        array([0.1  , 0.1  , 0.05 , 0.025], dtype=float32)
+        >>> opt = introspect_opt.IntrospectableSGD(schedule, gradient_accumulation_steps=2)
+        >>> introspect_opt.applied_learning_rates(opt, [1, 2]).round(6)  # s(1), s(3)
+        array([0.05  , 0.0125], dtype=float32)
+    """
+    resolved = _resolve(source, "applied_learning_rates")
+    steps = _as_iterations(iterations, "applied_learning_rates")
+    return _rates(resolved, steps)
+
+
+def _plot_grid(iterations: Any, end_hint: int) -> np.ndarray:
+    if iterations is None:
+        end = max(_DEFAULT_PLOT_END, end_hint)
+    elif isinstance(iterations, numbers.Integral) and not isinstance(iterations, (bool, np.bool_)):
+        end = int(iterations)
+        if end < 1:
+            raise ValueError(
+                "plot_learning_rate() expects iterations, the last update to plot, to "
+                f"be >= 1; received {end}."
+            )
+    else:
+        return np.unique(_as_iterations(iterations, "plot_learning_rate"))
+    count = min(end + 1, _MAX_PLOT_POINTS)
+    return np.unique(np.linspace(0, end, count).round().astype(np.int64))
+
+
+def _applied_points(applied: Any) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        steps, rates = applied
+    except (TypeError, ValueError):
+        raise TypeError(
+            "plot_learning_rate() expects applied to be a pair (iterations, rates) "
+            f"of equal-length sequences; received {_describe(applied)}."
+        ) from None
+    steps = _as_iterations(steps, "plot_learning_rate", "applied[0] (iterations)").ravel()
+    rates = np.asarray(keras.ops.convert_to_numpy(rates) if hasattr(rates, "dtype") else rates)
+    if rates.dtype.kind not in "iuf" or rates.ravel().shape != steps.shape:
+        raise ValueError(
+            "plot_learning_rate() expects applied[1] (rates) to be numbers, one per "
+            f"iteration in applied[0] ({steps.size}); received {_describe(applied[1])}."
+        )
+    return steps, rates.ravel().astype(np.float64)
+
+
+def _recorded_points(
+    resolved: _RateSource,
+) -> tuple[np.ndarray, np.ndarray, tuple[int, float] | None]:
+    """The rates recorded on the device, and the current one, for an introspectable optimizer."""
+    optimizer = resolved.optimizer
+    if not isinstance(optimizer, IntrospectionMixin):
+        return np.zeros(0, np.int64), np.zeros(0), None
+    steps, rates = _recorded_rates(optimizer)
+    current = None
+    count = int(keras.ops.convert_to_numpy(optimizer.iterations))
+    if count > 0:
+        from ._factory import current_learning_rate
+
+        rate = current_learning_rate(resolved.holder)
+        current = (count, float(keras.ops.convert_to_numpy(rate)))
+    return np.asarray(steps, np.int64), np.asarray(rates, np.float64), current
+
+
+def plot_learning_rate(
+    source: Any,
+    path: str | os.PathLike[str],
+    *,
+    iterations: Any = None,
+    applied: Any = None,
+    title: str | None = None,
+) -> Path:
+    r"""Draws the whole learning-rate schedule, with the rates already applied, to a PNG.
+
+    The line is :func:`applied_learning_rates` over the plotted range: the rate
+    ``current_learning_rate`` reads after each update. On top, as markers, the
+    rates actually applied: by default, for an introspectable optimizer, the
+    last updates it keeps on the device (see its history option) and the
+    current point ``(iterations, current_learning_rate)``; or the pairs you pass
+    as ``applied`` (e.g. read from ``History`` or a CSV log). Uses
+    matplotlib's Agg renderer without touching ``pyplot``'s global state.
+
+    Args:
+        source: What :func:`applied_learning_rates` accepts: an optimizer, a
+            compiled model, a schedule or a float.
+        path: Where to write the PNG.
+        iterations: The updates to plot: an int ``N`` for ``0..N`` (sampled at
+            4,096 evenly spaced points when longer), or a sequence of update
+            numbers. Defaults to ``0..max(1000, 2 * optimizer.iterations)``.
+        applied: Optional ``(iterations, rates)`` pair of equal-length
+            sequences to overlay instead of the optimizer's recorded ones;
+            ``([], [])`` for none.
+        title: The plot title; defaults to a description of ``source``.
+
+    Returns:
+        ``path``, as a ``pathlib.Path``.
+
+    Raises:
+        ImportError: matplotlib is not installed
+            (``pip install "introspect-opt[plot]"``).
+        TypeError: ``source``, ``path``, ``iterations`` or ``applied`` has the
+            wrong type.
+        ValueError: ``iterations`` or ``applied`` holds invalid values.
+
+    Examples:
+        >>> import pathlib, tempfile, keras, introspect_opt
+        >>> schedule = keras.optimizers.schedules.CosineDecay(
+        ...     0.0, 900, warmup_target=0.1, warmup_steps=100)
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "schedule.png"
+        >>> introspect_opt.plot_learning_rate(schedule, out) == out
+        True
+        >>> out.read_bytes()[:4]
+        b'\x89PNG'
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            f"plot_learning_rate() expects path to be a file path; received {_describe(path)}."
+        )
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError(
+            "plot_learning_rate() needs matplotlib, an optional dependency of "
+            'introspect-opt: pip install "introspect-opt[plot]"'
+        ) from error
+    resolved = _resolve(source, "plot_learning_rate")
+    current: tuple[int, float] | None = None
+    if applied is None:
+        applied_steps, applied_rates, current = _recorded_points(resolved)
+    else:
+        applied_steps, applied_rates = _applied_points(applied)
+    done = [int(applied_steps.max(initial=0)), current[0] if current else 0]
+    grid = _plot_grid(iterations, 2 * max(done))
+    rates = _rates(resolved, grid)
+
+    figure = Figure(figsize=(8, 4.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.plot(grid, rates, linewidth=1.6, label="current_learning_rate after update n")
+    if applied_steps.size:
+        axes.plot(
+            applied_steps, applied_rates, "o", markersize=3.5, alpha=0.8, label="applied (recorded)"
+        )
+    if current is not None:
+        axes.plot(
+            [current[0]],
+            [current[1]],
+            "D",
+            markersize=8,
+            markeredgecolor="black",
+            label=f"last applied: update {current[0]}, rate {current[1]:.4g}",
+        )
+    axes.set_xlabel("updates applied (optimizer.iterations)")
+    axes.set_ylabel("learning rate")
+    axes.set_title(resolved.label if title is None else title)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="best")
+    figure.savefig(path, format="png")
+    return Path(path)
