@@ -401,7 +401,9 @@ class ScaleLearningRateOnPlateau(keras.callbacks.Callback):
     format), is part of ``current_learning_rate`` and of
     ``optimizer.learning_rate``, and is logged as
     ``"<label>/learning_rate_multiplier"`` (the label as in
-    ``LearningRateLogger``).
+    ``LearningRateLogger``). Put it before ``ModelCheckpoint`` and
+    ``BackupAndRestore`` in the callback list, so that what they save at the
+    end of an epoch holds the multiplier chosen at the end of that epoch.
 
     Args:
         monitor: The metric to watch, e.g. ``"val_loss"``.

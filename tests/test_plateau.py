@@ -171,3 +171,33 @@ def test_min_multiplier_bounds_the_scaling() -> None:
     history = fit(model, [always_plateau(min_multiplier=0.3)], epochs=4)
     floor = float(np.float32(0.3))  # the multiplier is a float32 variable
     assert history.history["sgd/learning_rate_multiplier"] == [1.0, 0.5, floor, floor]
+
+
+class CrashAtEpoch(keras.callbacks.Callback):
+    """Interrupts fit at the start of one epoch, as a killed job would."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        if epoch == self.epoch:
+            raise RuntimeError("interrupted")
+
+
+def test_backup_and_restore_brings_the_multiplier_back(tmp_path: Path) -> None:
+    """A job resumed by BackupAndRestore continues at the multiplier it had reached."""
+    model = make_model()
+    model.compile(IntrospectableSGD(SCHEDULE), loss="mse")
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    with pytest.raises(RuntimeError, match="interrupted"):
+        # The plateau callback first: at each epoch end it scales, then the
+        # backup is written with the new multiplier.
+        fit(model, [always_plateau(), backup, CrashAtEpoch(2)], epochs=4)
+    resumed = make_model(seed=5)  # a fresh process: nothing carried in memory
+    resumed.compile(IntrospectableSGD(SCHEDULE), loss="mse")
+    plateau = ScaleLearningRateOnPlateau("loss", patience=100)  # no further scaling
+    history = fit(resumed, [plateau, backup], epochs=4)
+    # Epochs 0-1 ran before the crash (multiplier 1, then 0.5); 2-3 resume at 0.5.
+    assert history.history["sgd/learning_rate_multiplier"] == [0.5, 0.5]
+    assert int(resumed.optimizer.iterations) == 16
