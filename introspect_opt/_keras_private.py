@@ -182,6 +182,25 @@ def eager_scope() -> Iterator[None]:
         yield
 
 
+def foreign_strategy(optimizer: Any) -> Any:
+    """The multi-replica tf.distribute strategy running this update, if not the optimizer's.
+
+    Keras records the strategy an optimizer was created under
+    (``_distribution_strategy``). Built outside ``strategy.scope()`` and then
+    applied inside ``strategy.run``, a plain Keras optimizer applies every
+    replica's update separately (``iterations`` advances once per replica).
+    """
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    own = getattr(optimizer, "_distribution_strategy", None)
+    current = tf.distribute.get_strategy()
+    if own is None or current is own or current.num_replicas_in_sync <= 1:
+        return None
+    return current
+
+
 def strategy_scope(optimizer: Any) -> contextlib.AbstractContextManager[Any]:
     """The scope of the tf.distribute strategy the optimizer was created under.
 

@@ -77,6 +77,26 @@ def rate_dtype(optimizer: Any, value: Any) -> str:
     )
 
 
+def _refuse_foreign_strategy(optimizer: Any) -> None:
+    """Refuses updates under a strategy the optimizer was not created in.
+
+    Checked while tracing (no device cost). Plain Keras goes on silently, with
+    every replica applying its own update: the schedule runs N times too fast
+    and the "applied rate" would describe one replica's update of N.
+    """
+    strategy = _keras_private.foreign_strategy(optimizer)
+    if strategy is not None:
+        replicas = strategy.num_replicas_in_sync
+        raise RuntimeError(
+            f"{type(optimizer).__name__} '{optimizer.name}' was created outside the "
+            f"scope of the {type(strategy).__name__} running this update "
+            f"({replicas} replicas). Keras would apply each replica's update "
+            f"separately, advancing `iterations` and the schedule {replicas} times "
+            "per step. Create the optimizer (and compile the model) inside "
+            "`strategy.scope()`."
+        )
+
+
 # With KERAS_BACKEND=jax, `fit` and `stateless_apply` carry only the variables
 # listed in `optimizer.variables` through a step: the cache must be listed there.
 # Elsewhere it stays out, so that wrappers that save `optimizer.variables`
@@ -228,6 +248,11 @@ class IntrospectionMixin(_OptimizerBase):
         if not state.has_variables:
             state.create_variables(self, rate_dtype(self, self.learning_rate))
         _persistence.apply_pending(self, state)
+
+    def apply(self, grads: Any, trainable_variables: Any = None) -> Any:
+        # Before Keras changes anything (weight decay comes first).
+        _refuse_foreign_strategy(self)
+        return super().apply(grads, trainable_variables)
 
     def _apply_weight_decay(self, variables: Any) -> None:
         # Diagnostics measure the whole change an update makes, decoupled
