@@ -28,8 +28,31 @@ if BACKEND == "tensorflow":
     )
 
 
+def _gpu_visible() -> bool:
+    """Whether the Keras backend in use can see a GPU."""
+    if BACKEND == "tensorflow":
+        return bool(tf.config.list_physical_devices("GPU"))
+    if BACKEND == "jax":
+        import jax
+
+        return any(device.platform == "gpu" for device in jax.devices())
+    if BACKEND == "torch":
+        import torch
+
+        return bool(torch.cuda.is_available())
+    return False
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skips TensorFlow-only tests on the JAX and torch backends, saying why."""
+    """Skips TensorFlow-only tests on the JAX and torch backends, and GPU tests without a GPU."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu_items and not _gpu_visible():
+        skip_gpu = pytest.mark.skip(
+            reason=f"needs a GPU; none is visible to the {BACKEND} backend "
+            "(on a GPU machine run `pytest -m gpu`)"
+        )
+        for item in gpu_items:
+            item.add_marker(skip_gpu)
     if BACKEND == "tensorflow":
         return
     skip = pytest.mark.skip(
