@@ -123,19 +123,35 @@ def load_source(source: str) -> Any:
     )
 
 
+# Step counters are int64; a plot samples at most a few thousand points of it.
+_MAX_STEPS = 2**62
+
+
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[-1] if lines else ''}"
+
+
 def _plot(args: argparse.Namespace) -> str:
     from ._preview import plot_learning_rate
 
-    if args.steps is not None and args.steps < 1:
-        raise UsageError(f"--steps must be >= 1; received {args.steps}")
+    if args.steps is not None and not 1 <= args.steps <= _MAX_STEPS:
+        raise UsageError(f"--steps must be between 1 and {_MAX_STEPS}; received {args.steps}")
     output = Path(args.output)
     if not output.parent.is_dir():
         raise UsageError(f"cannot write {output}: folder {output.parent} does not exist")
     source = load_source(args.source)
     try:
         path = plot_learning_rate(source, output, iterations=args.steps, title=args.title)
-    except (ImportError, OSError) as error:
-        raise UsageError(str(error)) from None
+    except (ImportError, OSError, ValueError, TypeError, OverflowError) as error:
+        raise UsageError(_one_line(error)) from None
+    except Exception as error:
+        # A schedule config Keras accepted but cannot evaluate (a string where
+        # a number belongs, a value that overflows float32) fails inside the
+        # backend, with the backend's own error types.
+        raise UsageError(
+            f"cannot evaluate the schedule from {args.source}: {_one_line(error)}"
+        ) from None
     return str(path)
 
 

@@ -145,7 +145,8 @@ def test_optimizer_config_json(files: dict[str, Path], tmp_path: Path) -> None:
             "{path} holds neither a learning-rate schedule config nor an optimizer config "
             "(class_name 'Dense')",
         ),
-        ("schedule", ["--steps", "0"], "--steps must be >= 1; received 0"),
+        ("schedule", ["--steps", "0"], "--steps must be between 1 and 4611686018427387904"),
+        ("schedule", ["--steps", "99999999999999999999"], "--steps must be between 1 and"),
     ],
 )
 def test_bad_input_exits_with_status_2(
@@ -185,3 +186,23 @@ def test_console_script_points_at_main() -> None:
     module, _, name = target.group(1).partition(":")
     assert (module, name) == ("introspect_opt._cli", "main")
     assert getattr(sys.modules[module], name) is _cli.main
+
+
+def test_a_config_keras_cannot_evaluate_exits_with_status_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A config that deserializes but cannot be evaluated: one line, status 2, no traceback."""
+    import json
+
+    import keras
+
+    config = keras.optimizers.schedules.serialize(
+        keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)
+    )
+    config["config"]["initial_learning_rate"] = "abc"
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(config))
+    assert _cli.main(["plot", str(path), "-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("introspect-opt: error: ") and "Error: " in err, err
+    assert err.count("\n") == 1
