@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 import warnings
@@ -50,8 +51,13 @@ def _label(optimizer: Any) -> str:
     must not depend on how many optimizers a notebook created before.
     """
     name = str(optimizer.name)
+    chosen_by_keras = optimizer.__dict__.get("_introspect_default_name")
     numbered = re.fullmatch(r"(.+)_\d+", name)
-    if numbered and any(
+    if not numbered or chosen_by_keras is False:
+        return name
+    if chosen_by_keras or any(
+        # (An instance made introspectable in place: no record of who chose
+        # the name; a counter after a class's default name is Keras's.)
         _keras_private.unnumbered_default_name(cls) == numbered[1]
         for cls in type(optimizer).__mro__
     ):
@@ -150,7 +156,7 @@ class LearningRateLogger(keras.callbacks.Callback):
         self,
         interval: str | int = "epoch",
         *,
-        hyperparameters: Iterable[str] = (),
+        hyperparameters: Iterable[str] | None = (),
         diagnostics: bool = False,
         every_step: bool = False,
         history_size: int | None = None,
@@ -158,12 +164,17 @@ class LearningRateLogger(keras.callbacks.Callback):
         optimizers: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(interval, bool) or not (
-            interval in ("epoch", "batch") or (isinstance(interval, int) and interval > 0)
-        ):
+        if not (interval in ("epoch", "batch") or (_integer(interval) and int(interval) > 0)):
             raise ValueError(f"interval must be {', '.join(_INTERVALS)}; received {interval!r}.")
+        if hyperparameters is None:
+            hyperparameters = ()
         if isinstance(hyperparameters, str):
             hyperparameters = (hyperparameters,)
+        if not isinstance(hyperparameters, Iterable):
+            raise ValueError(
+                "hyperparameters must be a tuple of names, e.g. ('momentum',); "
+                f"received {hyperparameters!r}."
+            )
         names = tuple(hyperparameters)
         bad = [n for n in names if not isinstance(n, str) or n == "learning_rate"]
         if bad:
@@ -199,7 +210,16 @@ class LearningRateLogger(keras.callbacks.Callback):
                 raise ValueError(
                     f"optimizers labels must be non-empty strings; received {list(optimizers)!r}."
                 )
-        self.interval = interval
+            for label, given in optimizers.items():
+                if not isinstance(_unwrap(given)[0], IntrospectionMixin):
+                    raise TypeError(
+                        f"optimizers[{label!r}] must be an introspectable optimizer (or a "
+                        f"LossScaleOptimizer around one); received {type(given).__name__} "
+                        f"{getattr(given, 'name', given)!r}. Create it as "
+                        "introspect_opt.Introspectable<Name>(...), or wrap it with "
+                        "introspect_opt.introspect(optimizer) before training."
+                    )
+        self.interval = interval if isinstance(interval, str) else int(interval)
         self.hyperparameters = names
         self.diagnostics = diagnostics
         self.every_step = every_step
@@ -214,6 +234,8 @@ class LearningRateLogger(keras.callbacks.Callback):
         self._steps_at_last_read = 0
         self._epoch_steps = 0
         self._warned_gap = False
+        self._epoch_base: tuple[int, dict[str, int]] | None = None
+        self._last_summary_step = -1
         if interval == "epoch" and not diagnostics:
             # No batch-level work: keep Keras's default (no-op) hook, so that
             # Keras may still dispatch batch callbacks asynchronously.
@@ -251,9 +273,13 @@ class LearningRateLogger(keras.callbacks.Callback):
         return tracked
 
     def _steps_between_reads(self) -> int:
-        if isinstance(self.interval, int):
-            return self.interval
+        """The most steps that can run between two reads."""
         per_execution = int(getattr(self.model, "steps_per_execution", 1) or 1)
+        if isinstance(self.interval, int):
+            # Reads happen at the end of a call of the train function, the
+            # first one that passes a multiple of N: up to N + spe - 1 apart.
+            n = self.interval
+            return n if n % per_execution == 0 else n + per_execution - 1
         if self.interval == "batch":
             return per_execution
         steps = (self.params or {}).get("steps")
@@ -282,9 +308,14 @@ class LearningRateLogger(keras.callbacks.Callback):
                 kept = state.history_size or state.requested.history
                 if kept and self.history_size is None and kept >= size:
                     size = kept  # an existing, large enough buffer
-                had = kept
-                _history.keep_rate_history(optimizer, size)
-                created |= not had
+                if kept and kept != size:
+                    # A later fit reads less often, or a file brought a
+                    # buffer of another size: resize it, newest entries kept.
+                    _history.resize(optimizer, size)
+                    created = True
+                elif not kept:
+                    _history.keep_rate_history(optimizer, size)
+                    created = True
             if self.diagnostics and state.gradient_norm is None:
                 if state.has_variables:
                     state.create_feature(optimizer, "diagnostics")
@@ -306,6 +337,14 @@ class LearningRateLogger(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch_steps = 0
+        if self.diagnostics:
+            self._epoch_base = (self._steps_run, self._counters())
+
+    def _counters(self) -> dict[str, int]:
+        return {
+            label: int(_number(_keras_private.raw_step_counter(optimizer)))
+            for label, optimizer, _ in self._tracked
+        }
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         before = self._steps_run
@@ -318,7 +357,7 @@ class LearningRateLogger(keras.callbacks.Callback):
             self._read(logs)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._read(logs)
+        self._read(logs, epoch_end=True)
         if self._writer is not None:
             self._writer.flush()
 
@@ -326,13 +365,19 @@ class LearningRateLogger(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.flush()
 
-    def _read(self, logs: dict[str, Any] | None) -> None:
+    def _read(self, logs: dict[str, Any] | None, epoch_end: bool = False) -> None:
         if not self._tracked:
             return
         if hasattr(self.model, "jax_state_sync"):
             self.model.jax_state_sync()  # JAX keeps fit's state off the variables
         values: dict[str, float] = {}
-        steps_since = self._steps_run - self._steps_at_last_read
+        # Skipped steps: batch logs count since the previous read, epoch logs
+        # over the whole epoch.
+        if epoch_end and self._epoch_base is not None:
+            base_steps, base_counters = self._epoch_base
+        else:
+            base_steps, base_counters = self._steps_at_last_read, dict(self._last_counters)
+        steps_since = self._steps_run - base_steps
         self._steps_at_last_read = self._steps_run
         step = 0
         for label, optimizer, wrapped in self._tracked:
@@ -349,14 +394,16 @@ class LearningRateLogger(keras.callbacks.Callback):
                 if wrapped:
                     # Loss scaling skips a step by not calling the optimizer at
                     # all: its raw counter (micro-steps included) stands still.
-                    passed = counter - self._last_counters[label]
+                    passed = counter - base_counters[label]
                     values[f"{label}/skipped_steps"] = float(max(steps_since - passed, 0))
                 self._last_counters[label] = counter
             if self.every_step:
                 self._log_history(label, optimizer, step)
         if logs is not None:
             logs.update(values)
-        if self._writer is not None:
+        if self._writer is not None and step != self._last_summary_step:
+            # (An epoch's end often reads at the step its last batch read.)
+            self._last_summary_step = step
             import tensorflow as tf
 
             with self._writer.as_default():
@@ -495,8 +542,6 @@ class ScaleLearningRateOnPlateau(keras.callbacks.Callback):
             raise TypeError(
                 f"ScaleLearningRateOnPlateau cannot scale this model's rate: {error}"
             ) from None
-        if _plateau.enable_multiplier(self._optimizer) and self._optimizer.built:
-            _retrace(self.model)
         self._reset()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -520,8 +565,11 @@ class ScaleLearningRateOnPlateau(keras.callbacks.Callback):
                 self.wait = 0
             elif self.cooldown_counter <= 0:
                 self.wait += 1
-                if self.wait > self.patience and multiplier > self.min_multiplier:
-                    multiplier = max(multiplier * self.factor, self.min_multiplier)
+                # As Keras's ReduceLROnPlateau: `>=`, and the floor compared
+                # in float32, the variable's dtype.
+                floor = float(np.float32(self.min_multiplier))
+                if self.wait >= self.patience and multiplier > floor:
+                    multiplier = max(multiplier * self.factor, floor)
                     _plateau.set_multiplier(optimizer, multiplier)
                     multiplier = _plateau.schedule_multiplier(optimizer)
                     if self.verbose:
@@ -547,8 +595,16 @@ def _require_tensorboard() -> None:
 
 
 def _real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, (bool, np.bool_))
+        and math.isfinite(float(value))
+    )
 
 
 def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return _integer(value) and value >= 0
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))

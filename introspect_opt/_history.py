@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from keras import ops
 
-from . import _factory
-from ._state import NO_UPDATE
+from . import _factory, _keras_private
+from ._state import HISTORY_RATES_KEY, HISTORY_UPDATES_KEY, NO_UPDATE, rebucket
 
 
 def _check_size(size: Any, argument: str) -> int:
@@ -77,6 +77,36 @@ def keep_rate_history(optimizer: Any, size: int) -> Any:
     else:
         state.requested.history = size
     return target
+
+
+def resize(optimizer: Any, size: int) -> None:
+    """Replaces the buffer with one of ``size`` slots, keeping the newest entries.
+
+    Functions traced with the old buffer keep writing to it until retraced
+    (``LearningRateLogger`` retraces ``fit``'s train function).
+    """
+    state = optimizer._ensure_introspection_state()
+    if not state.has_variables:
+        state.requested.history = size
+        return
+    entries = {}
+    if state.rate_history is not None:
+        entries = {
+            HISTORY_RATES_KEY: np.asarray(ops.convert_to_numpy(state.rate_history)),
+            HISTORY_UPDATES_KEY: np.asarray(ops.convert_to_numpy(state.rate_history_updates)),
+        }
+    state.rate_history = state.rate_history_updates = None
+    state.create_feature(optimizer, "history", size)
+    rates, updates = rebucket(
+        entries.get(HISTORY_RATES_KEY),
+        entries.get(HISTORY_UPDATES_KEY),
+        size,
+        state.rate_history.dtype,
+        state.rate_history_updates.dtype,
+    )
+    with _keras_private.eager_scope():
+        state.rate_history.assign(rates)
+        state.rate_history_updates.assign(updates)
 
 
 def recorded_rates(optimizer: Any) -> tuple[np.ndarray, np.ndarray]:

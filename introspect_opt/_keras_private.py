@@ -65,6 +65,11 @@ def public_class(optimizer_class: type) -> type:
     return next((c for c in optimizer_class.__mro__ if c in exported), optimizer_class)
 
 
+def set_learning_rate(optimizer: Any, value: Any) -> None:
+    """Keras's own ``learning_rate`` setter (the mixin overrides the property)."""
+    keras.optimizers.Optimizer.learning_rate.fset(optimizer, value)
+
+
 def raw_step_counter(optimizer: Any) -> Any:
     """The optimizer's raw step counter variable (micro-steps included).
 

@@ -113,13 +113,17 @@ class IntrospectionMixin(_OptimizerBase):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         base = type(self).__dict__.get("_introspect_base")
-        if base is not None and kwargs.get("name") is None:
+        if base is not None:
             positional = list(inspect.signature(base).parameters)[: len(args)]
-            if "name" not in positional:
+            defaulted = kwargs.get("name") is None and "name" not in positional
+            if defaulted:
                 # Keras names an unnamed optimizer after its class: keep the
                 # plain class's default ("adam", not "introspectable_adam"),
                 # so variable paths and state trees match the plain optimizer's.
                 kwargs["name"] = _keras_private.default_name(base)
+            # Log keys drop the counter Keras appends ("sgd_1"), but only to
+            # names Keras chose.
+            self.__dict__["_introspect_default_name"] = defaulted
         super().__init__(*args, **kwargs)
 
     def __reduce__(self) -> Any:
@@ -233,6 +237,26 @@ class IntrospectionMixin(_OptimizerBase):
             return rate
         rate = ops.convert_to_tensor(rate)
         return ops.multiply(rate, ops.cast(multiplier, rate.dtype))
+
+    @property
+    def learning_rate(self) -> Any:
+        """The rate the next update will apply (Keras's), plateau multiplier included."""
+        return self._get_current_learning_rate()
+
+    @learning_rate.setter
+    def learning_rate(self, value: Any) -> None:
+        # Callbacks (LearningRateScheduler, ReduceLROnPlateau, `lambda epoch,
+        # lr: ...`) read the rate and set a new one: both speak of the rate
+        # as applied, multiplier included, so the variable holds value / m.
+        # Without this, setting back what was read would apply m twice.
+        state = self.__dict__.get("_introspection_state")
+        multiplier = None if state is None else state.learning_rate_multiplier
+        is_number = not callable(value) or isinstance(value, keras.Variable)
+        if multiplier is not None and is_number:
+            scale = float(np.asarray(ops.convert_to_numpy(multiplier)))
+            if scale not in (0.0, 1.0):
+                value = float(np.asarray(ops.convert_to_numpy(value))) / scale
+        _keras_private.set_learning_rate(self, value)
 
     def _get_current_learning_rate(self) -> Any:
         # The rate every user of `self.learning_rate` sees (update_step, weight

@@ -26,7 +26,8 @@ COUNT_KEY = "update_count"
 # No update has written the cache: ``current_learning_rate`` derives the value.
 NO_UPDATE = -1
 
-# Opt-in state (issue: logging), each a group of entries present only when on.
+# Further state (see _plateau, _history, _diagnostics): the multiplier always,
+# the others only when asked for; each a group of entries in files.
 MULTIPLIER_KEY = "learning_rate_multiplier"
 HISTORY_RATES_KEY = "rate_history"
 HISTORY_UPDATES_KEY = "rate_history_updates"
@@ -56,7 +57,6 @@ else:  # pragma: no branch - the TensorFlow backend is the one CI runs first.
 class Requests:
     """Opt-in features asked for before the state's variables exist."""
 
-    multiplier: int = 0
     history: int = 0  # the buffer size
     diagnostics: int = 0
 
@@ -143,6 +143,11 @@ class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
         self.update_count = _variable(
             optimizer, COUNT_KEY, np.full((), NO_UPDATE, dtype=counter.dtype)
         )
+        # Always: the multiplier is training state, and a tf.train.Checkpoint
+        # can only restore it into a variable that exists (or is created
+        # while the checkpoint object is still alive). At 1.0 it changes no
+        # bit of any rate.
+        self.create_feature(optimizer, "multiplier")
         for feature, size in self.requested.items():
             if size:
                 self.create_feature(optimizer, feature, size)
@@ -194,16 +199,12 @@ class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
         """Restores this state from a file's entries (None: a plain file)."""
         cached = cached or {}
         owner = self.owner()
-        if owner is not None:
-            if MULTIPLIER_KEY in cached:
-                # Training state, not an observation: the rate depends on it.
-                self.create_feature(owner, "multiplier")
-            if HISTORY_RATES_KEY in cached:
-                # Cheap to keep, and what plots of a saved model show. (Not
-                # so diagnostics: they cost a copy of the weights per update
-                # and describe only the last one; a file's are dropped unless
-                # the optimizer records them too.)
-                self.create_feature(owner, "history", len(cached[HISTORY_RATES_KEY]))
+        if owner is not None and HISTORY_RATES_KEY in cached:
+            # Cheap to keep, and what plots of a saved model show. (Not so
+            # diagnostics: they cost a copy of the weights per update and
+            # describe only the last one; a file's are dropped unless the
+            # optimizer records them too.)
+            self.create_feature(owner, "history", len(cached[HISTORY_RATES_KEY]))
         with _keras_private.eager_scope():
             if RATE_KEY in cached:
                 self.applied_learning_rate.assign(cached[RATE_KEY])
@@ -214,7 +215,7 @@ class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
                 # The plain optimizer's state has no multiplier: it trained at 1.
                 self.learning_rate_multiplier.assign(cached.get(MULTIPLIER_KEY, 1.0))
             if self.rate_history is not None:
-                rates, updates = _rebucket(
+                rates, updates = rebucket(
                     cached.get(HISTORY_RATES_KEY),
                     cached.get(HISTORY_UPDATES_KEY),
                     self.history_size,
@@ -272,7 +273,7 @@ def _variable(optimizer: Any, name: str, initial: np.ndarray) -> Any:
         )
 
 
-def _rebucket(
+def rebucket(
     rates: np.ndarray | None,
     updates: np.ndarray | None,
     size: int,

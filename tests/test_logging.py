@@ -232,3 +232,79 @@ def test_rate_history_reader_through_a_model() -> None:
     steps, rates = introspect_opt.rate_history(model)
     assert steps.tolist() == list(range(1, 7))
     assert rates.tolist() == [float(schedule_value(STAIRS, s - 1)) for s in range(1, 7)]
+
+
+def test_a_later_fit_that_reads_less_often_grows_the_buffer(tmp_path: Path) -> None:
+    """A second fit with a longer read interval resizes the history; no update is lost."""
+    model = compiled(steps_per_execution=2)
+    fit(model, [LearningRateLogger("batch", every_step=True, log_dir=tmp_path)], epochs=1)
+    logger = LearningRateLogger(6, every_step=True, log_dir=tmp_path)
+    fit(model, [logger], epochs=2)
+    steps = sorted(s for s, _ in _event_scalars(tmp_path)["sgd/learning_rate"])
+    assert steps == list(range(1, 19))  # 6 + 12 updates, each once
+
+
+def test_interval_not_a_multiple_of_steps_per_execution_loses_nothing(tmp_path: Path) -> None:
+    """The default history covers the widest gap between reads (N + spe - 1 steps)."""
+    model = compiled(steps_per_execution=4)
+    logger = LearningRateLogger(6, every_step=True, log_dir=tmp_path)
+    fit(model, [logger], epochs=2)
+    steps = sorted(s for s, _ in _event_scalars(tmp_path)["sgd/learning_rate"])
+    assert steps == list(range(1, 13))
+
+
+def test_epoch_logs_count_skipped_steps_over_the_epoch() -> None:
+    """With batch reads, epoch logs still count every skipped step of the epoch."""
+    keras.config.set_dtype_policy("mixed_float16")
+    model = compiled(learning_rate=0.01)
+    x, y = make_data(48)
+    x[8:24] = np.inf  # batches 2 and 3 cannot update
+    recorder = BatchLogs()
+    history = model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=[LearningRateLogger("batch", diagnostics=True), recorder],
+    )
+    per_batch = sum(logs["sgd/skipped_steps"] for _, logs in recorder.rows)
+    updates = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    assert history.history["sgd/skipped_steps"] == [float(6 - updates)] == [per_batch]
+    assert per_batch >= 2
+
+
+def test_tensorboard_gets_each_scalar_once_per_step(tmp_path: Path) -> None:
+    """An epoch's end and its last batch read the same step: written once."""
+    model = compiled()
+    fit(model, [LearningRateLogger(3, hyperparameters="momentum", log_dir=tmp_path)], epochs=2)
+    steps = [s for s, _ in _event_scalars(tmp_path)["sgd/momentum"]]
+    assert steps == [3, 6, 9, 12]
+
+
+def test_labels_keep_names_users_chose() -> None:
+    """A name you gave is the label as it is; Keras's counter on default names is dropped."""
+    from introspect_opt._callbacks import _label
+
+    assert _label(introspect_opt.IntrospectableAdam(name="adam_2")) == "adam_2"
+    introspect_opt.IntrospectableAdam()
+    assert introspect_opt.IntrospectableAdam().name == "adam_1"
+    assert _label(introspect_opt.IntrospectableAdam()) == "adam"
+    assert _label(introspect_opt.introspect(keras.optimizers.Adam())) == "adam"
+
+
+def test_numpy_numbers_and_none_are_accepted() -> None:
+    """NumPy integers work as intervals and sizes; hyperparameters=None means none."""
+    logger = LearningRateLogger(np.int64(5), hyperparameters=None)
+    assert logger.interval == 5 and logger.hyperparameters == ()
+    plateau = introspect_opt.ScaleLearningRateOnPlateau(
+        factor=np.float32(0.5), patience=np.int64(3)
+    )
+    assert plateau.patience == 3
+
+
+def test_optimizers_are_checked_in_init() -> None:
+    """A value in optimizers that is not introspectable fails at once, naming the fix."""
+    with pytest.raises(TypeError, match=r"optimizers\['g'\] must be an introspectable optimizer"):
+        LearningRateLogger(optimizers={"g": keras.optimizers.Adam()})

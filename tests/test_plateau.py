@@ -201,3 +201,65 @@ def test_backup_and_restore_brings_the_multiplier_back(tmp_path: Path) -> None:
     # Epochs 0-1 ran before the crash (multiplier 1, then 0.5); 2-3 resume at 0.5.
     assert history.history["sgd/learning_rate_multiplier"] == [0.5, 0.5]
     assert int(resumed.optimizer.iterations) == 16
+
+
+@pytest.mark.parametrize(("patience", "cooldown"), [(0, 0), (1, 0), (2, 0), (1, 1)])
+def test_same_plateau_decisions_as_keras(patience: int, cooldown: int) -> None:
+    """On a float rate, the multiplier follows Keras's ReduceLROnPlateau epoch for epoch."""
+    recorded = {}
+    for name in ("keras", "ours"):
+        model = make_model()
+        model.compile(IntrospectableSGD(0.1), loss="mse")
+        if name == "keras":
+            callback: Any = keras.callbacks.ReduceLROnPlateau(
+                "loss", factor=0.5, patience=patience, cooldown=cooldown, min_delta=1e9
+            )
+        else:
+            callback = ScaleLearningRateOnPlateau(
+                "loss", factor=0.5, patience=patience, cooldown=cooldown, min_delta=1e9
+            )
+        rates = keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs, m=model: logs.update(
+                rate=float(sync(m).current_learning_rate)
+            )
+        )
+        recorded[name] = fit(model, [callback, rates], epochs=7).history["rate"]
+    assert recorded["ours"] == recorded["keras"]
+
+
+def test_callbacks_that_set_the_rate_do_not_apply_the_multiplier_twice() -> None:
+    """LearningRateScheduler reads the rate and sets it back: the multiplier applies once."""
+    model = make_model()
+    model.compile(IntrospectableSGD(0.1), loss="mse")
+    identity = keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr)
+    logger = LearningRateLogger()
+    history = fit(model, [identity, always_plateau(), logger], epochs=4)
+    assert history.history["sgd/learning_rate_multiplier"] == [1.0, 0.5, 0.25, 0.125]
+    # Each epoch applies the multiplier chosen at the end of the one before.
+    np.testing.assert_allclose(
+        history.history["sgd/learning_rate"], [0.1, 0.1, 0.05, 0.025], rtol=1e-6
+    )
+    np.testing.assert_allclose(float(sync(model).learning_rate), 0.1 * 0.125, rtol=1e-6)
+
+
+@pytest.mark.tf_only
+def test_tf_checkpoint_restore_before_fit_keeps_the_multiplier(tmp_path: Path) -> None:
+    """Restored into a fresh, unbuilt optimizer before fit, the multiplier is not lost."""
+    import tensorflow as tf
+
+    model = make_model()
+    model.compile(IntrospectableSGD(SCHEDULE), loss="mse")
+    fit(model, [always_plateau()], epochs=3)
+    path = tf.train.Checkpoint(model=model, optimizer=model.optimizer).save(str(tmp_path / "c"))
+    resumed = make_model(seed=3)
+    resumed.compile(IntrospectableSGD(SCHEDULE), loss="mse")
+    tf.train.Checkpoint(model=resumed, optimizer=resumed.optimizer).restore(path)
+    rates = []
+    probe = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: rates.append(
+            float(resumed.optimizer.current_learning_rate)
+        )
+    )
+    fit(resumed, [probe], epochs=1)
+    assert schedule_multiplier(resumed.optimizer) == 0.25
+    np.testing.assert_allclose(rates[0], 0.25 * schedule_value(SCHEDULE, 12), rtol=1e-6)
