@@ -35,6 +35,7 @@ import argparse
 import os
 import random
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -46,7 +47,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from introspect_opt import IntrospectableSGD
+from introspect_opt import IntrospectableSGD, LearningRateLogger
 
 BATCH = 64
 
@@ -77,7 +78,26 @@ class ReadApplied(keras.callbacks.Callback):
         self.last = float(self.model.optimizer.current_learning_rate)
 
 
-def make_variant(name: str, jit_compile: bool) -> tuple[Any, list[Any]]:
+def logging_callbacks(name: str, sched: Any, log_dir: str) -> list[Any]:
+    """The callbacks of a logging variant (issue: see the rate where users look)."""
+    if name == "sgd+tensorboard":
+        return [
+            keras.callbacks.TensorBoard(log_dir=os.path.join(log_dir, "keras"), update_freq="batch")
+        ]
+    if name == "sgd+schedule-callback":
+        return [ScheduleRecipe(sched)]
+    if name == "introspectable+logger-epoch":
+        return [LearningRateLogger("epoch")]
+    if name == "introspectable+logger-batch":
+        return [LearningRateLogger("batch")]
+    if name == "introspectable+every-step":
+        return [LearningRateLogger("batch", every_step=True, log_dir=os.path.join(log_dir, "ours"))]
+    return []
+
+
+def make_variant(
+    name: str, jit_compile: bool, steps_per_execution: int = 1, log_dir: str = ""
+) -> tuple[Any, list[Any]]:
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
         [
@@ -87,7 +107,7 @@ def make_variant(name: str, jit_compile: bool) -> tuple[Any, list[Any]]:
         ]
     )
     sched = schedule()
-    callbacks: list[Any] = []
+    callbacks: list[Any] = logging_callbacks(name, sched, log_dir)
     if name.startswith("introspectable"):
         optimizer: Any = IntrospectableSGD(sched, momentum=0.9)
         if name.endswith("+read"):
@@ -100,6 +120,7 @@ def make_variant(name: str, jit_compile: bool) -> tuple[Any, list[Any]]:
         optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
     )
     return model, callbacks
 
@@ -117,12 +138,14 @@ def time_fit(model: Any, callbacks: list[Any], data: Any, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def fit_runners(jit_compile: bool, variants: list[str]) -> dict[str, Callable[[int], float]]:
+def fit_runners(
+    jit_compile: bool, variants: list[str], steps_per_execution: int = 1, log_dir: str = ""
+) -> dict[str, Callable[[int], float]]:
     """One ``steps -> seconds per step`` runner per variant, timing ``model.fit``."""
     data = dataset()
     runners = {}
     for name in variants:
-        model, callbacks = make_variant(name, jit_compile)
+        model, callbacks = make_variant(name, jit_compile, steps_per_execution, log_dir)
 
         def run(steps: int, model: Any = model, callbacks: list[Any] = callbacks) -> float:
             return time_fit(model, callbacks, data, steps)
@@ -191,47 +214,94 @@ def summarize(times: dict[str, list[float]], baseline: str = "sgd") -> list[tupl
     return rows
 
 
+def print_table(printer: Callable[[str], None], title: str, rows: list[tuple[bool, Any]]) -> None:
+    printer(f"### {title}")
+    printer("")
+    printer(
+        "| jit_compile | variant | median ms/step | ratio to sgd (median of rounds) "
+        "| ratio, middle half of rounds |\n|---|---|---|---|---|"
+    )
+    for jit_compile, times in rows:
+        for row in summarize(times):
+            printer(f"| {jit_compile} | " + " | ".join(row) + " |")
+    printer("")
+
+
 def main(argv: list[str] | None = None, printer: Callable[[str], None] = print) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument(
+        "--tables",
+        choices=["all", "optimizer", "logging"],
+        default="all",
+        help="the optimizer's own overhead, the logging callbacks', or both",
+    )
     args = parser.parse_args(argv)
     # One inter-op thread: on small machines TensorFlow's thread pools otherwise
     # compete with each other and with tf.data, which is most of the noise.
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    variants = [
-        "sgd",
-        "sgd-again",
-        "introspectable",
-        "introspectable+read",
-        "sgd+schedule-callback",
-    ]
     printer(
         f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs; "
         f"784-256-10 MLP, batch {BATCH}, {args.steps} steps per variant and round, "
         f"{args.rounds} rounds"
     )
     printer("")
-    header = (
-        "| jit_compile | variant | median ms/step | ratio to sgd (median of rounds) "
-        "| ratio, middle half of rounds |\n|---|---|---|---|---|"
-    )
-    printer("### `model.fit`, one call per step (what users run)")
-    printer("")
-    printer(header)
-    for jit_compile in (False, True):
-        times = interleave(fit_runners(jit_compile, variants), args.steps, args.rounds)
-        for row in summarize(times):
-            printer(f"| {jit_compile} | " + " | ".join(row) + " |")
-    printer("")
-    printer("### All steps in one `tf.function` call (the optimizer's own device cost)")
-    printer("")
-    printer(header)
-    for jit_compile in (False, True):
-        loops = {name: make_loop(name, jit_compile) for name in variants[:3]}
-        times = interleave(loops, args.steps, args.rounds)
-        for row in summarize(times):
-            printer(f"| {jit_compile} | " + " | ".join(row) + " |")
+    jit_modes = (False, True)
+    if args.tables in ("all", "optimizer"):
+        variants = [
+            "sgd",
+            "sgd-again",
+            "introspectable",
+            "introspectable+read",
+            "sgd+schedule-callback",
+        ]
+        fit_rows = [
+            (jit, interleave(fit_runners(jit, variants), args.steps, args.rounds))
+            for jit in jit_modes
+        ]
+        print_table(printer, "`model.fit`, one call per step (what users run)", fit_rows)
+        loop_rows = []
+        for jit in jit_modes:
+            loops = {name: make_loop(name, jit) for name in variants[:3]}
+            loop_rows.append((jit, interleave(loops, args.steps, args.rounds)))
+        print_table(
+            printer,
+            "All steps in one `tf.function` call (the optimizer's own device cost)",
+            loop_rows,
+        )
+    if args.tables in ("all", "logging"):
+        with tempfile.TemporaryDirectory() as log_dir:
+            logging_variants = [
+                "sgd",
+                "sgd-again",
+                "introspectable+logger-epoch",
+                "introspectable+logger-batch",
+                "sgd+tensorboard",
+                "sgd+schedule-callback",
+            ]
+            rows = [
+                (
+                    jit,
+                    interleave(
+                        fit_runners(jit, logging_variants, 1, log_dir), args.steps, args.rounds
+                    ),
+                )
+                for jit in jit_modes
+            ]
+            print_table(printer, "Logging the rate under `fit`, one step per call", rows)
+            # Whole blocks of 32 steps per call: the step count is rounded up.
+            steps = -(-args.steps // 32) * 32
+            block_variants = ["sgd", "sgd-again", "introspectable+every-step"]
+            rows = [
+                (jit, interleave(fit_runners(jit, block_variants, 32, log_dir), steps, args.rounds))
+                for jit in jit_modes
+            ]
+            print_table(
+                printer,
+                "Every step's rate to TensorBoard, `steps_per_execution=32`",
+                rows,
+            )
 
 
 if __name__ == "__main__":
