@@ -542,6 +542,8 @@ class ScaleLearningRateOnPlateau(keras.callbacks.Callback):
             raise TypeError(
                 f"ScaleLearningRateOnPlateau cannot scale this model's rate: {error}"
             ) from None
+        if _plateau.enable_multiplier(self._optimizer) and self._optimizer.built:
+            _retrace(self.model)
         self._reset()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:

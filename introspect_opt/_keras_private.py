@@ -206,6 +206,17 @@ def foreign_strategy(optimizer: Any) -> Any:
     return current
 
 
+def checkpoint_waits_for(trackable: Any, name: str) -> bool:
+    """Whether a tf.train.Checkpoint restored earlier holds a child ``name`` of it.
+
+    TensorFlow keeps children a checkpoint holds but the object lacks in
+    ``_deferred_dependencies`` (checked against TensorFlow 2.20 and 2.21), and
+    restores them when they are created; it asks for them by name through
+    ``_lookup_dependency`` first.
+    """
+    return name in (getattr(trackable, "_deferred_dependencies", None) or {})
+
+
 def strategy_scope(optimizer: Any) -> contextlib.AbstractContextManager[Any]:
     """The scope of the tf.distribute strategy the optimizer was created under.
 

@@ -236,7 +236,8 @@ class IntrospectionMixin(_OptimizerBase):
         if multiplier is None:
             return rate
         rate = ops.convert_to_tensor(rate)
-        return ops.multiply(rate, ops.cast(multiplier, rate.dtype))
+        scale = ops.cast(multiplier, rate.dtype)
+        return ops.where(ops.equal(scale, 1), rate, ops.multiply(rate, scale))
 
     @property
     def learning_rate(self) -> Any:

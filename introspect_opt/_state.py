@@ -26,8 +26,8 @@ COUNT_KEY = "update_count"
 # No update has written the cache: ``current_learning_rate`` derives the value.
 NO_UPDATE = -1
 
-# Further state (see _plateau, _history, _diagnostics): the multiplier always,
-# the others only when asked for; each a group of entries in files.
+# Opt-in state (see _plateau, _history, _diagnostics), each created only when
+# asked for (or brought by a file) and saved as a group of entries.
 MULTIPLIER_KEY = "learning_rate_multiplier"
 HISTORY_RATES_KEY = "rate_history"
 HISTORY_UPDATES_KEY = "rate_history_updates"
@@ -57,6 +57,7 @@ else:  # pragma: no branch - the TensorFlow backend is the one CI runs first.
 class Requests:
     """Opt-in features asked for before the state's variables exist."""
 
+    multiplier: int = 0
     history: int = 0  # the buffer size
     diagnostics: int = 0
 
@@ -113,6 +114,21 @@ class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
         # (the optimizer's own state was not restored; leave the cache alone).
         self.owner_load: str | None = None
 
+    def _lookup_dependency(self, name: str, cached_dependencies: Any = None) -> Any:
+        # tf.train.Checkpoint asks for each child it holds by name: a
+        # multiplier in the checkpoint is created here so that it is restored
+        # (training state must not be dropped). See _keras_private.
+        owner = self.owner()
+        wanted = (
+            name == MULTIPLIER_KEY
+            and self.learning_rate_multiplier is None
+            and not self.__dict__.get("_creating_feature", False)
+        )
+        if wanted and owner is not None and self.has_variables:
+            self.create_feature(owner, "multiplier")
+            cached_dependencies = None  # computed before it existed
+        return super()._lookup_dependency(name, cached_dependencies)
+
     def _obj_type(self) -> str:
         # Only selects the attribute skip-list Keras uses while walking this
         # object; "Optimizer" keeps the walk to our own attributes.
@@ -143,11 +159,10 @@ class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
         self.update_count = _variable(
             optimizer, COUNT_KEY, np.full((), NO_UPDATE, dtype=counter.dtype)
         )
-        # Always: the multiplier is training state, and a tf.train.Checkpoint
-        # can only restore it into a variable that exists (or is created
-        # while the checkpoint object is still alive). At 1.0 it changes no
-        # bit of any rate.
-        self.create_feature(optimizer, "multiplier")
+        if _keras_private.checkpoint_waits_for(self, MULTIPLIER_KEY):
+            # A tf.train.Checkpoint restored before the build holds one: it
+            # is restored into the variable as soon as the variable exists.
+            self.requested.multiplier = 1
         for feature, size in self.requested.items():
             if size:
                 self.create_feature(optimizer, feature, size)
@@ -156,6 +171,14 @@ class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
         """Creates the variables of an opt-in feature (once; eagerly)."""
         if self.has(feature):
             return
+        # (Tracking the new attribute asks _lookup_dependency about its name.)
+        self.__dict__["_creating_feature"] = True
+        try:
+            self._create_feature(optimizer, feature, size)
+        finally:
+            self.__dict__["_creating_feature"] = False
+
+    def _create_feature(self, optimizer: Any, feature: str, size: int) -> None:
         rate_dtype = self.applied_learning_rate.dtype
         counter_dtype = self.update_count.dtype
         with _keras_private.eager_scope(), _keras_private.strategy_scope(optimizer):
@@ -199,6 +222,9 @@ class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
         """Restores this state from a file's entries (None: a plain file)."""
         cached = cached or {}
         owner = self.owner()
+        if owner is not None and MULTIPLIER_KEY in cached:
+            # Training state, not an observation: the rate depends on it.
+            self.create_feature(owner, "multiplier")
         if owner is not None and HISTORY_RATES_KEY in cached:
             # Cheap to keep, and what plots of a saved model show. (Not so
             # diagnostics: they cost a copy of the weights per update and

@@ -8,6 +8,7 @@ from pathlib import Path
 import h5py
 import keras
 import numpy as np
+import pytest
 from helpers import SCHEDULE, make_model
 
 from introspect_opt import IntrospectableSGD, _keras_private
@@ -95,3 +96,22 @@ def test_load_state_still_carries_skip_mismatch() -> None:
 
     assert "skip_mismatch" in inspect.signature(saving_lib._load_state).parameters
     assert _keras_private.keras_load_skips_mismatches() is False
+
+
+@pytest.mark.tf_only
+def test_tensorflow_checkpoint_hooks_exist(tmp_path: Path) -> None:
+    """tf.Module still asks for checkpoint children by name and keeps missing ones."""
+    import tensorflow as tf
+
+    module = tf.Module()
+    assert list(inspect.signature(module._lookup_dependency).parameters) == [
+        "name",
+        "cached_dependencies",
+    ]
+    holder = tf.Module()
+    holder.child = tf.Module()
+    holder.child.v = tf.Variable(1.0)
+    path = tf.train.Checkpoint(holder=holder).save(str(tmp_path / "ckpt"))
+    empty = tf.Module()
+    tf.train.Checkpoint(holder=empty).restore(path)
+    assert _keras_private.checkpoint_waits_for(empty, "child")

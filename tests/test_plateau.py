@@ -263,3 +263,24 @@ def test_tf_checkpoint_restore_before_fit_keeps_the_multiplier(tmp_path: Path) -
     fit(resumed, [probe], epochs=1)
     assert schedule_multiplier(resumed.optimizer) == 0.25
     np.testing.assert_allclose(rates[0], 0.25 * schedule_value(SCHEDULE, 12), rtol=1e-6)
+
+
+@pytest.mark.tf_only
+def test_tf_checkpoint_restore_into_a_built_optimizer_creates_the_multiplier(
+    tmp_path: Path,
+) -> None:
+    """A built optimizer without a multiplier gets the checkpoint's, not a silent 1."""
+    import tensorflow as tf
+
+    model = make_model()
+    model.compile(IntrospectableSGD(SCHEDULE), loss="mse")
+    fit(model, [always_plateau()], epochs=3)
+    path = tf.train.Checkpoint(optimizer=model.optimizer).save(str(tmp_path / "c"))
+    target = make_model()
+    target.compile(IntrospectableSGD(SCHEDULE), loss="mse")
+    target.optimizer.build(target.trainable_variables)
+    tf.train.Checkpoint(optimizer=target.optimizer).restore(path).assert_consumed()
+    assert schedule_multiplier(target.optimizer) == 0.25
+    assert float(target.optimizer.current_learning_rate) == float(
+        model.optimizer.current_learning_rate
+    )

@@ -156,6 +156,7 @@ def test_preview_includes_the_plateau_multiplier() -> None:
     schedule = SCHEDULES.PiecewiseConstantDecay([3], [0.1, 0.02])
     optimizer = introspect_opt.IntrospectableSGD(schedule)
     weights = keras.Variable(np.ones(2, "float32"))
+    _plateau.enable_multiplier(optimizer)
     optimizer.build([weights])
     _plateau.set_multiplier(optimizer, 0.5)
     preview = introspect_opt.applied_learning_rates(optimizer, [1, 2, 3, 4, 5])
