@@ -26,7 +26,21 @@ A second table runs the same ``--steps`` training steps inside a single
 and host synchronisation of ``fit`` and isolates what the optimizer itself
 adds on the device.
 
-Run: ``python benchmarks/overhead.py [--steps 300] [--rounds 21]``.
+The logging tables (``--tables logging``) compare, under ``fit``:
+  * ``introspectable+logger-epoch`` / ``+logger-batch``: ``LearningRateLogger``
+    reading once per epoch / after every batch;
+  * ``sgd+empty-batch-callback``: a per-batch callback that does nothing, the
+    floor of any per-batch callback (Keras then converts every batch's logs to
+    Python numbers and stops dispatching batch callbacks asynchronously);
+  * ``sgd+tensorboard``: Keras's ``TensorBoard(update_freq="batch")``;
+  * ``sgd+schedule-callback``: the per-batch recipe above;
+and, with ``steps_per_execution=32``, every step's rate to TensorBoard:
+  * ``introspectable+every-step``: ``LearningRateLogger(every_step=True)``, one
+    read per epoch (the default interval);
+  * ``introspectable+every-step-per-block``: the same, read after every block
+    of 32 steps (``interval="batch"``).
+
+Run: ``python benchmarks/overhead.py [--steps 300] [--rounds 21] [--tables all]``.
 """
 
 from __future__ import annotations
@@ -67,6 +81,18 @@ class ScheduleRecipe(keras.callbacks.Callback):
         self.last = float(self.sched(self.model.optimizer.iterations))
 
 
+class EmptyBatchCallback(keras.callbacks.Callback):
+    """Does nothing per batch: the floor of any per-batch callback in Keras.
+
+    Defining ``on_train_batch_end`` at all makes Keras convert each batch's
+    logs to Python numbers (a wait for the device) and stop dispatching batch
+    callbacks asynchronously.
+    """
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        return None
+
+
 class ReadApplied(keras.callbacks.Callback):
     """Reads the applied rate on the host every batch."""
 
@@ -91,7 +117,13 @@ def logging_callbacks(name: str, sched: Any, log_dir: str) -> list[Any]:
     if name == "introspectable+logger-batch":
         return [LearningRateLogger("batch")]
     if name == "introspectable+every-step":
+        # The default interval: one read per epoch, every update's rate kept
+        # on the device until then.
+        return [LearningRateLogger(every_step=True, log_dir=os.path.join(log_dir, "ours"))]
+    if name == "introspectable+every-step-per-block":
         return [LearningRateLogger("batch", every_step=True, log_dir=os.path.join(log_dir, "ours"))]
+    if name == "sgd+empty-batch-callback":
+        return [EmptyBatchCallback()]
     return []
 
 
@@ -277,6 +309,7 @@ def main(argv: list[str] | None = None, printer: Callable[[str], None] = print) 
                 "sgd-again",
                 "introspectable+logger-epoch",
                 "introspectable+logger-batch",
+                "sgd+empty-batch-callback",
                 "sgd+tensorboard",
                 "sgd+schedule-callback",
             ]
@@ -292,7 +325,12 @@ def main(argv: list[str] | None = None, printer: Callable[[str], None] = print) 
             print_table(printer, "Logging the rate under `fit`, one step per call", rows)
             # Whole blocks of 32 steps per call: the step count is rounded up.
             steps = -(-args.steps // 32) * 32
-            block_variants = ["sgd", "sgd-again", "introspectable+every-step"]
+            block_variants = [
+                "sgd",
+                "sgd-again",
+                "introspectable+every-step",
+                "introspectable+every-step-per-block",
+            ]
             rows = [
                 (jit, interleave(fit_runners(jit, block_variants, 32, log_dir), steps, args.rounds))
                 for jit in jit_modes

@@ -65,6 +65,18 @@ def _label(optimizer: Any) -> str:
     return name
 
 
+def _applied_rate(optimizer: Any, state: Any, iterations: int) -> float:
+    """``float(optimizer.current_learning_rate)``, in two variable reads when cached.
+
+    The property evaluates a comparison and a branch eagerly, several times
+    the cost of reading the two variables it compares, and a logger reads it
+    at every interval.
+    """
+    if state.has_variables and int(_number(state.update_count)) == iterations:
+        return _number(state.applied_learning_rate)
+    return _number(optimizer.current_learning_rate)
+
+
 def _unwrap(optimizer: Any) -> tuple[Any, bool]:
     """(the optimizer that applies updates, whether a LossScaleOptimizer wraps it)."""
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
@@ -236,6 +248,7 @@ class LearningRateLogger(keras.callbacks.Callback):
         self._warned_gap = False
         self._epoch_base: tuple[int, dict[str, int]] | None = None
         self._last_summary_step = -1
+        self._block_writers: dict[str, Any] = {}
         if interval == "epoch" and not diagnostics:
             # No batch-level work: keep Keras's default (no-op) hook, so that
             # Keras may still dispatch batch callbacks asynchronously.
@@ -289,7 +302,9 @@ class LearningRateLogger(keras.callbacks.Callback):
                 "how many steps an epoch has (the dataset has no known length); "
                 "pass history_size=<steps per epoch>."
             )
-        return int(steps)
+        # Keras runs whole blocks of steps_per_execution steps, also past the
+        # epoch's declared step count.
+        return -(-int(steps) // per_execution) * per_execution
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._tracked = self._resolve()
@@ -383,7 +398,7 @@ class LearningRateLogger(keras.callbacks.Callback):
         for label, optimizer, wrapped in self._tracked:
             state = optimizer._ensure_introspection_state()
             step = int(_number(optimizer.iterations))
-            values[f"{label}/learning_rate"] = _number(optimizer.current_learning_rate)
+            values[f"{label}/learning_rate"] = _applied_rate(optimizer, state, step)
             for name in self.hyperparameters:
                 values[f"{label}/{name}"] = _hyperparameter(optimizer, name)
             if self.diagnostics:
@@ -429,11 +444,41 @@ class LearningRateLogger(keras.callbacks.Callback):
                 "larger history_size (at least the number of steps between reads).",
                 stacklevel=2,
             )
-        with self._writer.as_default():
-            for update, rate in zip(updates.tolist(), rates.tolist(), strict=True):
-                tf.summary.scalar(f"{label}/learning_rate", rate, step=update)
         if updates.size:
+            self._block_writer(f"{label}/learning_rate")(
+                tf.constant(updates, tf.int64), tf.constant(rates, tf.float32)
+            )
             self._last_logged[label] = int(updates[-1])
+
+    def _block_writer(self, tag: str) -> Any:
+        """One compiled call that writes a whole block of (step, value) scalars.
+
+        An eager ``tf.summary.scalar`` costs about half a millisecond of
+        Python and dispatch each; once per step that would be most of a small
+        model's step time.
+        """
+        writer = self._block_writers.get(tag)
+        if writer is None:
+            import tensorflow as tf
+
+            summary_writer = self._writer
+
+            def write(steps: Any, values: Any) -> None:
+                with summary_writer.as_default():
+                    for i in tf.range(tf.shape(steps)[0]):
+                        # The loop's name scope would prefix the tag ("while/").
+                        with tf.compat.v1.name_scope(None):
+                            tf.summary.scalar(tag, values[i], step=steps[i])
+
+            writer = tf.function(
+                write,
+                input_signature=[
+                    tf.TensorSpec([None], tf.int64),
+                    tf.TensorSpec([None], tf.float32),
+                ],
+            )
+            self._block_writers[tag] = writer
+        return writer
 
 
 class ScaleLearningRateOnPlateau(keras.callbacks.Callback):

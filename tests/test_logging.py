@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import warnings
 import itertools
 from pathlib import Path
 from typing import Any
@@ -308,3 +309,16 @@ def test_optimizers_are_checked_in_init() -> None:
     """A value in optimizers that is not introspectable fails at once, naming the fix."""
     with pytest.raises(TypeError, match=r"optimizers\['g'\] must be an introspectable optimizer"):
         LearningRateLogger(optimizers={"g": keras.optimizers.Adam()})
+
+
+def test_epoch_reads_cover_blocks_that_run_past_the_declared_epoch(tmp_path: Path) -> None:
+    """Keras runs whole blocks of steps: the default history covers them, nothing lost."""
+    model = compiled(steps_per_execution=4)
+    x, y = make_data(8 * 40)
+    logger = LearningRateLogger(every_step=True, log_dir=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model.fit(x, y, batch_size=8, steps_per_epoch=6, epochs=2, verbose=0, callbacks=[logger])
+    iterations = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    steps = sorted(s for s, _ in _event_scalars(tmp_path)["sgd/learning_rate"])
+    assert steps == list(range(1, iterations + 1))
