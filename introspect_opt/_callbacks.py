@@ -12,17 +12,17 @@ from typing import Any
 
 import keras
 import numpy as np
-from keras import ops
 
 from . import _factory, _history, _keras_private, _plateau
 from ._diagnostics import read as read_diagnostics
 from ._mechanism import IntrospectionMixin
+from ._state import host_array
 
 _INTERVALS = ('"epoch"', '"batch"', "a positive int N (every N steps)")
 
 
 def _number(value: Any) -> float:
-    return float(np.asarray(ops.convert_to_numpy(value)))
+    return float(host_array(value))
 
 
 def _hyperparameter_names(optimizer: Any) -> list[str]:

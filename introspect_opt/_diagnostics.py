@@ -26,7 +26,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from ._state import DIAGNOSTIC_KEYS, AppliedRateState
+from ._state import DIAGNOSTIC_KEYS, AppliedRateState, host_array
 
 _LOCAL = threading.local()
 
@@ -98,8 +98,7 @@ def read(state: AppliedRateState, fresh: bool) -> dict[str, float]:
     if state.gradient_norm is None:
         return {}
     return {
-        key: float(np.asarray(ops.convert_to_numpy(getattr(state, key)))) if fresh else np.nan
-        for key in DIAGNOSTIC_KEYS
+        key: float(host_array(getattr(state, key))) if fresh else np.nan for key in DIAGNOSTIC_KEYS
     }
 
 

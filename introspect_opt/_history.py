@@ -14,7 +14,7 @@ import numpy as np
 from keras import ops
 
 from . import _factory, _keras_private
-from ._state import HISTORY_RATES_KEY, HISTORY_UPDATES_KEY, NO_UPDATE, rebucket
+from ._state import HISTORY_RATES_KEY, HISTORY_UPDATES_KEY, NO_UPDATE, host_array, rebucket
 
 
 def _check_size(size: Any, argument: str) -> int:
@@ -114,9 +114,9 @@ def recorded_rates(optimizer: Any) -> tuple[np.ndarray, np.ndarray]:
     state = optimizer.__dict__.get("_introspection_state")
     if state is None or state.rate_history is None:
         return np.zeros((0,), "int64"), np.zeros((0,), "float32")
-    rates = np.asarray(ops.convert_to_numpy(state.rate_history))
-    updates = np.asarray(ops.convert_to_numpy(state.rate_history_updates)).astype("int64")
-    done = int(np.asarray(ops.convert_to_numpy(optimizer.iterations)))
+    rates = host_array(state.rate_history)
+    updates = host_array(state.rate_history_updates).astype("int64")
+    done = int(host_array(optimizer.iterations))
     # Slots not written yet hold NO_UPDATE; slots "from the future" can only
     # come from a checkpoint that restored iterations but not the buffer.
     valid = (updates != NO_UPDATE) & (updates > 0) & (updates <= done)
