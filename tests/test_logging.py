@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import csv
 import glob
-import warnings
 import itertools
+import warnings
 from pathlib import Path
 from typing import Any
 
