@@ -11,10 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from keras import ops
 
 from . import _factory, _keras_private
-from ._state import HISTORY_RATES_KEY, HISTORY_UPDATES_KEY, NO_UPDATE, host_array, rebucket
+from ._state import HISTORY_RATES_KEY, HISTORY_UPDATES_KEY, host_array, rebucket
 
 
 def _check_size(size: Any, argument: str) -> int:
@@ -92,8 +91,8 @@ def resize(optimizer: Any, size: int) -> None:
     entries = {}
     if state.rate_history is not None:
         entries = {
-            HISTORY_RATES_KEY: np.asarray(ops.convert_to_numpy(state.rate_history)),
-            HISTORY_UPDATES_KEY: np.asarray(ops.convert_to_numpy(state.rate_history_updates)),
+            HISTORY_RATES_KEY: host_array(state.rate_history),
+            HISTORY_UPDATES_KEY: host_array(state.rate_history_updates),
         }
     state.rate_history = state.rate_history_updates = None
     state.create_feature(optimizer, "history", size)
@@ -117,9 +116,9 @@ def recorded_rates(optimizer: Any) -> tuple[np.ndarray, np.ndarray]:
     rates = host_array(state.rate_history)
     updates = host_array(state.rate_history_updates).astype("int64")
     done = int(host_array(optimizer.iterations))
-    # Slots not written yet hold NO_UPDATE; slots "from the future" can only
+    # Slots not written yet hold NO_UPDATE (-1); slots "from the future" can only
     # come from a checkpoint that restored iterations but not the buffer.
-    valid = (updates != NO_UPDATE) & (updates > 0) & (updates <= done)
+    valid = (updates > 0) & (updates <= done)
     order = np.argsort(updates[valid], kind="stable")
     return updates[valid][order], rates[valid][order]
 
