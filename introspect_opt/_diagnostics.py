@@ -1,4 +1,4 @@
-"""Opt-in per-update diagnostics, kept on the device like the applied rate.
+"""Opt-in feature: per-update diagnostics, kept on the device like the applied rate.
 
 With diagnostics on, every applied update also writes three float32 scalars:
 
@@ -10,45 +10,43 @@ With diagnostics on, every applied update also writes three float32 scalars:
 * ``update_to_weight_ratio``: ``update_norm`` divided by the global norm of the
   variables before the update (``inf`` or ``nan`` when those are all zero).
 
-The two norms need the gradients and the weights from before the update. Both
-are handed from the Keras hook that sees them to the one that writes within one
-update (one trace), through thread-local storage: never an attribute Keras or
-TensorFlow would track, and never shared between the threads in which
-``MirroredStrategy`` traces its replicas.
+The weights from before the update are copied when ``apply`` starts (before
+weight decay) and handed to the write after the update within the same trace,
+through thread-local storage: never an attribute Keras or TensorFlow would
+track, and never shared between the threads in which ``MirroredStrategy``
+traces its replicas.
 """
 
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
 
-from ._state import DIAGNOSTIC_KEYS, AppliedRateState, host_array
+from ._resolve import resolve_optimizer
+from ._state import (
+    AppliedRateState,
+    Entries,
+    Feature,
+    Update,
+    host_array,
+    make_variable,
+    register_feature,
+)
+
+KEYS = ("gradient_norm", "update_norm", "update_to_weight_ratio")
 
 _LOCAL = threading.local()
 
 
-def _handed_over(optimizer: Any) -> dict[str, Any]:
-    """This thread's hand-over slot for ``optimizer``."""
-    slots: dict[int, dict[str, Any]] = _LOCAL.__dict__.setdefault("slots", {})
+def _weights_before(optimizer: Any) -> dict[int, Any]:
+    """This thread's copies of ``optimizer``'s weights from the start of ``apply``."""
+    slots: dict[int, dict[int, Any]] = _LOCAL.__dict__.setdefault("weights", {})
     return slots.setdefault(id(optimizer), {})
-
-
-def stash_gradients(optimizer: Any, grads: list[Any]) -> None:
-    """Keeps the gradients of the update being applied (the latest wins)."""
-    _handed_over(optimizer)["gradients"] = list(grads)
-
-
-def snapshot_weights(optimizer: Any, variables: Any, only_if_missing: bool = False) -> None:
-    """Copies ``variables`` as they are before the update changes them."""
-    slot = _handed_over(optimizer)
-    held = slot.get("weights_before")
-    if only_if_missing and held is not None and held[0] is variables:
-        return
-    slot["weights_before"] = (variables, [ops.copy(_values(v)) for v in variables])
 
 
 def _values(tensor: Any) -> Any:
@@ -69,37 +67,77 @@ def _sum_of_squares(tensors: list[Any]) -> Any:
     return total
 
 
-def write(optimizer: Any, state: AppliedRateState, variables: Any) -> None:
-    """Writes the diagnostics of the update that just changed ``variables``."""
-    slot = _handed_over(optimizer)
-    grads = slot.pop("gradients", None) or []
-    held = slot.pop("weights_before", None)
-    if held is None or held[0] is not variables:
-        raise RuntimeError(  # pragma: no cover - a Keras change would land here
-            "introspect_opt diagnostics did not see the weights before this "
-            "update; please report this with your Keras version."
-        )
-    before = held[1]
-    gradient_norm = ops.sqrt(_sum_of_squares([g for g in grads if g is not None]))
-    change = [ops.subtract(_values(v), _values(b)) for v, b in zip(variables, before, strict=True)]
-    update_norm = ops.sqrt(_sum_of_squares(change))
-    weight_norm = ops.sqrt(_sum_of_squares(before))
-    state.gradient_norm.assign(gradient_norm)
-    state.update_norm.assign(update_norm)
-    state.update_to_weight_ratio.assign(ops.divide(update_norm, weight_norm))
+def _summed_over_replicas(gradients: list[Any]) -> list[Any]:
+    """The gradients summed over replicas, under a multi-replica tf.distribute step.
 
-
-def read(state: AppliedRateState, fresh: bool) -> dict[str, float]:
-    """The last update's diagnostics as floats (NaN where none was recorded).
-
-    ``fresh`` is False when the values do not belong to the update the step
-    counter says was last (restored from a file without them).
+    Keras sums them inside its update step, out of reach; this costs one more
+    all-reduce of the gradients per update (only with diagnostics on).
     """
-    if state.gradient_norm is None:
+    if keras.backend.backend() != "tensorflow" or not gradients:
+        return gradients
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync <= 1:
+        return gradients
+    return list(context.all_reduce(tf.distribute.ReduceOp.SUM, gradients))
+
+
+class _Diagnostics(Feature):
+    name = "diagnostics"
+    keys = KEYS
+
+    def create(self, optimizer: Any, state: AppliedRateState, **options: Any) -> None:
+        for key in reversed(KEYS):  # the feature exists once its first key is set
+            setattr(state, key, make_variable(optimizer, key, np.full((), np.nan, "float32")))
+
+    def before_apply(
+        self, optimizer: Any, state: AppliedRateState, gradients: list[Any], variables: list[Any]
+    ) -> None:
+        held = _weights_before(optimizer)
+        held.clear()
+        for variable in variables:
+            held[id(variable)] = ops.copy(_values(variable))
+
+    def after_update(self, optimizer: Any, state: AppliedRateState, update: Update) -> None:
+        held = _weights_before(optimizer)
+        if any(id(v) not in held for v in update.variables):
+            raise RuntimeError(  # pragma: no cover - a Keras change would land here
+                "introspect_opt diagnostics did not see the weights before this "
+                "update; please report this with your Keras version."
+            )
+        before = [held[id(v)] for v in update.variables]
+        held.clear()
+        gradients = _summed_over_replicas([g for g in update.gradients if g is not None])
+        gradient_norm = ops.sqrt(_sum_of_squares(gradients))
+        change = [
+            ops.subtract(_values(v), b) for v, b in zip(update.variables, before, strict=True)
+        ]
+        update_norm = ops.sqrt(_sum_of_squares(change))
+        weight_norm = ops.sqrt(_sum_of_squares(before))
+        state.gradient_norm.assign(gradient_norm)
+        state.update_norm.assign(update_norm)
+        state.update_to_weight_ratio.assign(ops.divide(update_norm, weight_norm))
+
+    def assign(self, optimizer: Any, state: AppliedRateState, entries: Entries | None) -> None:
+        for key in KEYS:
+            getattr(state, key).assign(np.nan if entries is None else entries[key])
+
+
+DIAGNOSTICS = register_feature(_Diagnostics())
+
+
+def read(optimizer: Any) -> dict[str, float]:
+    """The last update's diagnostics as floats; NaN where none was recorded.
+
+    NaN too when the values do not belong to the update the step counter says
+    was last (restored from a file without them). Empty without diagnostics.
+    """
+    state = optimizer.__dict__.get("_introspection_state")
+    if state is None or not state.has(DIAGNOSTICS.name):
         return {}
-    return {
-        key: float(host_array(getattr(state, key))) if fresh else np.nan for key in DIAGNOSTIC_KEYS
-    }
+    fresh = int(host_array(state.update_count)) == int(host_array(optimizer.iterations))
+    return {key: float(host_array(getattr(state, key))) if fresh else np.nan for key in KEYS}
 
 
 def record_diagnostics(optimizer: Any) -> Any:
@@ -111,10 +149,10 @@ def record_diagnostics(optimizer: Any) -> Any:
     ``tf.distribute`` strategy), ``update_norm`` (global L2 norm of the change
     to the trainable variables, decoupled weight decay included) and
     ``update_to_weight_ratio`` (``update_norm`` over the norm of the variables
-    before the update). Costs a copy of the weights and a few reductions per
-    update (and, under a ``tf.distribute`` strategy, nothing more: the norm is
-    taken of the gradients Keras already summed). Weight updates stay bit-identical.
-    ``LearningRateLogger(diagnostics=True)`` calls this for you.
+    before the update). Costs a copy of the weights at every ``apply`` and a
+    few reductions per update; under a multi-replica ``tf.distribute``
+    strategy, one more all-reduce of the gradients. Weight updates stay
+    bit-identical. ``LearningRateLogger(diagnostics=True)`` calls this for you.
 
     Args:
         optimizer: An introspectable optimizer (or a ``LossScaleOptimizer``
@@ -131,21 +169,16 @@ def record_diagnostics(optimizer: Any) -> Any:
         >>> opt = introspect_opt.record_diagnostics(introspect_opt.IntrospectableSGD(0.5))
         >>> w = keras.Variable([3.0, 4.0])
         >>> _ = opt.apply_gradients([(keras.ops.convert_to_tensor([0.6, 0.8]), w)])
-        >>> {k: round(v, 4) for k, v in introspect_opt.update_diagnostics(opt).items()}
+        >>> diagnostics = introspect_opt.last_update_diagnostics(opt)
+        >>> {k: round(v, 4) for k, v in diagnostics.items()}
         {'gradient_norm': 1.0, 'update_norm': 0.5, 'update_to_weight_ratio': 0.1}
     """
-    from . import _factory
-
-    target = _factory.resolve_optimizer(optimizer, "record_diagnostics()")
-    state = target._ensure_introspection_state()
-    if state.has_variables:
-        state.create_feature(target, "diagnostics")
-    else:
-        state.requested.diagnostics = 1
+    target = resolve_optimizer(optimizer, "record_diagnostics()")
+    target._ensure_introspection_state().enable(target, DIAGNOSTICS.name)
     return target
 
 
-def update_diagnostics(obj: Any) -> dict[str, float]:
+def last_update_diagnostics(obj: Any) -> dict[str, float]:
     """The diagnostics of the last applied update, read in one go.
 
     Args:
@@ -164,15 +197,32 @@ def update_diagnostics(obj: Any) -> dict[str, float]:
 
     Examples:
         >>> import introspect_opt
-        >>> introspect_opt.update_diagnostics(introspect_opt.IntrospectableSGD(0.1))
+        >>> introspect_opt.last_update_diagnostics(introspect_opt.IntrospectableSGD(0.1))
         {}
     """
-    from . import _factory
+    return read(resolve_optimizer(obj, "last_update_diagnostics()"))
 
-    optimizer = _factory.resolve_optimizer(obj, "update_diagnostics()")
-    state = optimizer._ensure_introspection_state()
-    if not state.has_variables:
-        return {}
-    iterations = int(np.asarray(ops.convert_to_numpy(optimizer.iterations)))
-    fresh = int(np.asarray(ops.convert_to_numpy(state.update_count))) == iterations
-    return read(state, fresh)
+
+def update_diagnostics(obj: Any) -> dict[str, float]:
+    """Deprecated name of :func:`last_update_diagnostics` (it reads, it does not update).
+
+    Args:
+        obj: As for :func:`last_update_diagnostics`.
+
+    Returns:
+        As :func:`last_update_diagnostics`.
+
+    Examples:
+        >>> import warnings, introspect_opt
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore", DeprecationWarning)
+        ...     introspect_opt.update_diagnostics(introspect_opt.IntrospectableSGD(0.1))
+        {}
+    """
+    warnings.warn(
+        "introspect_opt.update_diagnostics() is renamed last_update_diagnostics(); "
+        "the old name will be removed in 0.3.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return last_update_diagnostics(obj)

@@ -8,7 +8,8 @@ from typing import Any, TypeVar
 import keras
 
 from . import _keras_private
-from ._mechanism import IntrospectionMixin, rate_dtype
+from ._mixin import IntrospectionMixin, rate_dtype
+from ._resolve import describe_value, is_multi_optimizer
 
 _O = TypeVar("_O")
 
@@ -18,19 +19,11 @@ _CLASSES: dict[type, type] = {}
 _WRAPPERS = (keras.optimizers.LossScaleOptimizer,)
 
 
-def _describe(value: Any) -> str:
-    return f"{value!r} (type {type(value).__module__}.{type(value).__qualname__})"
-
-
-def _is_multi_optimizer(value: Any) -> bool:
-    return any(c.__name__ == "MultiOptimizer" for c in type(value).__mro__)
-
-
 def _check_class(optimizer_class: Any) -> None:
     if not isinstance(optimizer_class, type):
         raise TypeError(
             "introspectable() expects a Keras 3 optimizer class such as "
-            f"keras.optimizers.Adam; received {_describe(optimizer_class)}. For an "
+            f"keras.optimizers.Adam; received {describe_value(optimizer_class)}. For an "
             "optimizer instance use introspect_opt.introspect(optimizer)."
         )
     if issubclass(optimizer_class, _WRAPPERS) or optimizer_class.__name__ == "MultiOptimizer":
@@ -133,11 +126,6 @@ def introspectable(optimizer_class: type[_O]) -> type[_O]:
     return cls
 
 
-def unpickle(optimizer_class: type, *args: Any) -> Any:
-    """Rebuilds a pickled instance of ``introspectable(optimizer_class)``."""
-    return introspectable(optimizer_class)._unpickle_model(*args)  # type: ignore[attr-defined]
-
-
 def register(base: type, cls: type) -> None:
     """Records a hand-written introspectable class as the one for ``base``."""
     _CLASSES[base] = cls
@@ -186,9 +174,9 @@ def introspect(optimizer: _O) -> _O:
             hint = ""
         raise TypeError(
             "introspect() expects a Keras 3 optimizer instance such as "
-            f"keras.optimizers.Adam(...); received {_describe(optimizer)}{hint}."
+            f"keras.optimizers.Adam(...); received {describe_value(optimizer)}{hint}."
         )
-    if isinstance(optimizer, _WRAPPERS) or _is_multi_optimizer(optimizer):
+    if isinstance(optimizer, _WRAPPERS) or is_multi_optimizer(optimizer):
         raise TypeError(
             f"introspect() received a {type(optimizer).__name__}, which applies no "
             "updates itself: pass the optimizer(s) it wraps, e.g. "
@@ -203,84 +191,3 @@ def introspect(optimizer: _O) -> _O:
             state = instance._ensure_introspection_state()
             state.create_variables(instance, rate_dtype(instance, instance.learning_rate))
     return optimizer
-
-
-def current_learning_rate(obj: Any, optimizer_variables: Any = None) -> Any:
-    """The learning rate the last applied update used, from whatever holds it.
-
-    On JAX, ``fit`` keeps the training state off the model's variables between
-    steps; given a model, this puts it back first (``model.jax_state_sync()``),
-    so it also works in callbacks. If you call ``optimizer.stateless_apply``
-    yourself, pass the optimizer variables it returned.
-
-    Args:
-        obj: An introspectable optimizer, a ``LossScaleOptimizer`` around one,
-            or a compiled model whose ``model.optimizer`` is either.
-        optimizer_variables: Optional values for ``optimizer.variables`` (of
-            ``obj`` itself, e.g. the second result of ``stateless_apply``) to
-            read the rate from instead of the variables.
-
-    Returns:
-        A scalar tensor, as ``optimizer.current_learning_rate``.
-
-    Raises:
-        TypeError: ``obj`` holds a plain Keras optimizer, or none at all.
-
-    Examples:
-        >>> import keras, introspect_opt
-        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-        >>> model.compile(introspect_opt.IntrospectableAdam(0.05), loss="mse")
-        >>> round(float(introspect_opt.current_learning_rate(model)), 6)
-        0.05
-    """
-    optimizer = resolve_optimizer(obj, "current_learning_rate()")
-    if optimizer_variables is None:
-        return optimizer.current_learning_rate
-    holder = obj if isinstance(obj, keras.optimizers.Optimizer) else optimizer
-    values = list(optimizer_variables)
-    if len(values) != len(holder.variables):
-        raise ValueError(
-            f"current_learning_rate() received {len(values)} optimizer_variables "
-            f"for {type(holder).__name__} '{holder.name}', which has "
-            f"{len(holder.variables)} variables; pass the list returned by its "
-            "stateless_apply (or [v.value for v in optimizer.variables])."
-        )
-    with keras.StatelessScope(state_mapping=list(zip(holder.variables, values, strict=True))):
-        return optimizer.current_learning_rate
-
-
-def resolve_optimizer(obj: Any, caller: str) -> Any:
-    """The introspectable optimizer behind ``obj``, with its state in place.
-
-    ``obj`` may be the optimizer, a ``LossScaleOptimizer`` around one, or a
-    compiled model (on JAX, whose ``fit`` keeps the training state off the
-    variables between steps, the state is put back first: cheap when it
-    already is). Anything else is a TypeError that says what to pass.
-    """
-    optimizer = obj
-    if not isinstance(optimizer, keras.optimizers.Optimizer) and hasattr(obj, "optimizer"):
-        if hasattr(obj, "jax_state_sync"):
-            obj.jax_state_sync()
-        optimizer = obj.optimizer
-    if isinstance(optimizer, _WRAPPERS):
-        optimizer = optimizer.inner_optimizer
-    if isinstance(optimizer, IntrospectionMixin):
-        return optimizer
-    if _is_multi_optimizer(optimizer):
-        raise TypeError(
-            f"{type(optimizer).__name__} '{optimizer.name}' holds several "
-            f"optimizers, each with its own rate: pass each one to {caller}, "
-            "for sub-optimizers made introspectable."
-        )
-    if isinstance(optimizer, keras.optimizers.Optimizer):
-        raise TypeError(
-            f"{type(optimizer).__name__} '{optimizer.name}' is a plain Keras "
-            "optimizer, which does not record the rate it applied. Make it "
-            "introspectable with `introspect_opt.introspect(optimizer)` before "
-            f"training, or create it as `introspect_opt.Introspectable"
-            f"{type(optimizer).__name__}(...)`."
-        )
-    raise TypeError(
-        f"{caller} expects an introspectable optimizer, a LossScaleOptimizer "
-        f"around one, or a compiled model; received {_describe(obj)}."
-    )

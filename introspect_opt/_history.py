@@ -1,4 +1,4 @@
-"""Opt-in: the rates of the last K updates, kept on the device.
+"""Opt-in feature: the rates of the last K updates, kept on the device.
 
 A ring buffer of ``size`` slots written by every applied update (update ``n``
 goes to slot ``(n - 1) % size``, with ``n`` beside it), so that one read per
@@ -8,15 +8,106 @@ without a host round-trip per step.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
+import keras
 import numpy as np
 
-from . import _factory, _keras_private
-from ._state import HISTORY_RATES_KEY, HISTORY_UPDATES_KEY, host_array, rebucket
+from . import _keras_private
+from ._resolve import describe_optimizer, resolve_optimizer
+from ._state import (
+    NO_UPDATE,
+    AppliedRateState,
+    Entries,
+    Feature,
+    Update,
+    host_array,
+    make_variable,
+    register_feature,
+)
+
+RATES_KEY = "rate_history"
+UPDATES_KEY = "rate_history_updates"
 
 
-def _check_size(size: Any, argument: str) -> int:
+class _History(Feature):
+    name = "history"
+    keys = (RATES_KEY, UPDATES_KEY)
+    # Cheap to keep, and what plots of a saved model show.
+    created_by_files: ClassVar[bool] = True
+
+    def create(self, optimizer: Any, state: AppliedRateState, **options: Any) -> None:
+        size = int(options["size"])
+        rate_var, count_var = state.core()  # type: ignore[misc]
+        rates = make_variable(optimizer, RATES_KEY, np.zeros((size,), rate_var.dtype))
+        updates = make_variable(
+            optimizer, UPDATES_KEY, np.full((size,), NO_UPDATE, count_var.dtype)
+        )
+        state.rate_history_updates = updates
+        state.rate_history = rates  # the feature exists once its first key is set
+
+    def options_for(self, entries: Entries) -> dict[str, Any]:
+        return {"size": len(entries[RATES_KEY])}
+
+    def options_for_checkpoint(self) -> dict[str, Any] | None:
+        return None  # the size is in the checkpoint, unread until restored
+
+    def after_update(self, optimizer: Any, state: AppliedRateState, update: Update) -> None:
+        ops = keras.ops
+        size = int(state.rate_history.shape[0])
+        slot = ops.mod(ops.subtract(update.count, 1), size)
+        here = ops.equal(ops.arange(size, dtype=update.count.dtype), slot)
+        state.rate_history.assign(ops.where(here, update.rate, state.rate_history.value))
+        state.rate_history_updates.assign(
+            ops.where(here, update.count, state.rate_history_updates.value)
+        )
+
+    def check(self, entries: Entries) -> str | None:
+        rates, updates = entries[RATES_KEY], entries[UPDATES_KEY]
+        if rates.ndim != 1 or rates.shape != updates.shape or updates.dtype.kind not in "iu":
+            return (
+                f"the rate history holds shapes {rates.shape} and {updates.shape} "
+                f"({updates.dtype} update numbers), not two equal-length vectors "
+                "with integer update numbers"
+            )
+        return None
+
+    def assign(self, optimizer: Any, state: AppliedRateState, entries: Entries | None) -> None:
+        entries = entries or {}
+        rates, updates = rebucket(
+            entries.get(RATES_KEY),
+            entries.get(UPDATES_KEY),
+            int(state.rate_history.shape[0]),
+            state.rate_history.dtype,
+            state.rate_history_updates.dtype,
+        )
+        state.rate_history.assign(rates)
+        state.rate_history_updates.assign(updates)
+
+
+HISTORY = register_feature(_History())
+
+
+def rebucket(
+    rates: np.ndarray | None,
+    updates: np.ndarray | None,
+    size: int,
+    rate_dtype: Any,
+    update_dtype: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A history laid out for a buffer of ``size`` slots, newest entries kept."""
+    new_rates = np.zeros((size,), dtype=keras.backend.standardize_dtype(rate_dtype))
+    new_updates = np.full((size,), NO_UPDATE, dtype=keras.backend.standardize_dtype(update_dtype))
+    if rates is None or updates is None:
+        return new_rates, new_updates
+    kept = sorted((int(u), r) for u, r in zip(updates, rates, strict=True) if u > 0)[-size:]
+    for update, rate in kept:
+        new_rates[(update - 1) % size] = rate
+        new_updates[(update - 1) % size] = update
+    return new_rates, new_updates
+
+
+def check_size(size: Any, argument: str) -> int:
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0:
         raise ValueError(
             f"{argument} must be a positive int (the number of most recent updates "
@@ -26,15 +117,22 @@ def _check_size(size: Any, argument: str) -> int:
     return int(size)
 
 
+def history_size(state: AppliedRateState) -> int:
+    """The buffer's size (or the size asked for before build); 0 without one."""
+    if state.rate_history is not None:
+        return int(state.rate_history.shape[0])
+    return int(state.requested.options.get(HISTORY.name, {}).get("size", 0))
+
+
 def keep_rate_history(optimizer: Any, size: int) -> Any:
     """Keeps the learning rates of the last ``size`` updates on the device.
 
     Every applied update then also writes its rate into a fixed-size ring
     buffer (two small vectors of optimizer state), so the rates of every step
     can be read in one go, once per logging interval, instead of once per step.
-    ``LearningRateLogger(every_step=True)`` calls this for you. The buffer is
-    saved and restored with the optimizer (files stay interchangeable with the
-    plain optimizer, which ignores it).
+    ``RateHistoryToTensorBoard`` calls this for you. The buffer is saved and
+    restored with the optimizer (files stay interchangeable with the plain
+    optimizer, which ignores it).
 
     Args:
         optimizer: An introspectable optimizer (or a ``LossScaleOptimizer``
@@ -61,51 +159,41 @@ def keep_rate_history(optimizer: Any, size: int) -> Any:
         >>> steps.tolist(), [round(float(r), 5) for r in rates]
         ([3, 4, 5, 6], [0.025, 0.0125, 0.00625, 0.00313])
     """
-    size = _check_size(size, "size")
-    target = _factory.resolve_optimizer(optimizer, "keep_rate_history()")
+    size = check_size(size, "size")
+    target = resolve_optimizer(optimizer, "keep_rate_history()")
     state = target._ensure_introspection_state()
-    current = state.history_size or state.requested.history
+    current = history_size(state)
     if current and current != size:
         raise ValueError(
-            f"{type(target).__name__} '{target.name}' already keeps the last "
-            f"{current} rates; received size={size}. The size cannot change once "
-            "set: use the same size, or create a new optimizer."
+            f"{describe_optimizer(target)} already keeps the last {current} rates; "
+            f"received size={size}. The size cannot change once set: use the same "
+            "size, or create a new optimizer."
         )
-    if state.has_variables:
-        state.create_feature(target, "history", size)
-    else:
-        state.requested.history = size
+    state.enable(target, HISTORY.name, size=size)
     return target
 
 
-def resize(optimizer: Any, size: int) -> None:
-    """Replaces the buffer with one of ``size`` slots, keeping the newest entries.
+def resize(optimizer: Any, size: int) -> bool:
+    """Gives the buffer ``size`` slots, keeping the newest entries.
 
-    Functions traced with the old buffer keep writing to it until retraced
-    (``LearningRateLogger`` retraces ``fit``'s train function).
+    Returns whether variables were created (functions traced with the old
+    buffer keep writing to it until retraced).
     """
     state = optimizer._ensure_introspection_state()
     if not state.has_variables:
-        state.requested.history = size
-        return
-    entries = {}
+        state.requested.options[HISTORY.name] = {"size": size}
+        return False
+    old = None
     if state.rate_history is not None:
-        entries = {
-            HISTORY_RATES_KEY: host_array(state.rate_history),
-            HISTORY_UPDATES_KEY: host_array(state.rate_history_updates),
-        }
-    state.rate_history = state.rate_history_updates = None
-    state.create_feature(optimizer, "history", size)
-    rates, updates = rebucket(
-        entries.get(HISTORY_RATES_KEY),
-        entries.get(HISTORY_UPDATES_KEY),
-        size,
-        state.rate_history.dtype,
-        state.rate_history_updates.dtype,
-    )
-    with _keras_private.eager_scope():
-        state.rate_history.assign(rates)
-        state.rate_history_updates.assign(updates)
+        if int(state.rate_history.shape[0]) == size:
+            return False
+        old = (host_array(state.rate_history), host_array(state.rate_history_updates))
+        state.drop(HISTORY.name)
+    state.enable(optimizer, HISTORY.name, size=size)
+    if old is not None:
+        with _keras_private.eager_scope():
+            HISTORY.assign(optimizer, state, {RATES_KEY: old[0], UPDATES_KEY: old[1]})
+    return True
 
 
 def recorded_rates(optimizer: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -127,7 +215,7 @@ def rate_history(obj: Any) -> tuple[np.ndarray, np.ndarray]:
     """The learning rates of the most recent updates, with their update numbers.
 
     Reads the on-device buffer that ``keep_rate_history`` (or
-    ``LearningRateLogger(every_step=True)``) set up, in one read.
+    ``RateHistoryToTensorBoard``) set up, in one read.
 
     Args:
         obj: An introspectable optimizer, a ``LossScaleOptimizer`` around one,
@@ -153,4 +241,4 @@ def rate_history(obj: Any) -> tuple[np.ndarray, np.ndarray]:
         >>> steps.tolist(), [round(float(r), 6) for r in rates]
         ([1, 2], [0.1, 0.05])
     """
-    return recorded_rates(_factory.resolve_optimizer(obj, "rate_history()"))
+    return recorded_rates(resolve_optimizer(obj, "rate_history()"))

@@ -31,15 +31,13 @@ from keras.src.saving.keras_saveable import KerasSaveable as KerasSaveable
 # gradient-accumulation branch that really updates; never on skipped steps).
 UPDATE_STEP_HOOK = "_backend_update_step"
 
-# Further methods the mechanism overrides (checked against Keras 3.15.0/3.15.1):
-# every read of ``optimizer.learning_rate`` (update_step, weight decay) goes
-# through the first, so a plateau multiplier applied there scales them all;
-# decoupled weight decay runs in the second, just before UPDATE_STEP_HOOK, so
-# diagnostics snapshot the weights there; on TensorFlow, gradients are summed
-# over replicas in the third, so the gradient norm is taken of its result.
-CURRENT_RATE_HOOK = "_get_current_learning_rate"
-WEIGHT_DECAY_HOOK = "_apply_weight_decay"
-TF_GRADIENT_REDUCTION_HOOK = "_all_reduce_sum_gradients"
+# TensorFlow's checkpointing protocol (checked against TensorFlow 2.20 and
+# 2.21): ``tf.train.Checkpoint`` lists an object's children through this
+# method before it restores them (restore.py, _queue_children_for_restoration)
+# and before it saves them. The mixin overrides it on the TensorFlow backend:
+# that is where an optimizer that is not built yet gets built for its model,
+# so that restored slots never wait inside TensorFlow (see _persistence).
+TF_CHILDREN_HOOK = "_trackable_children"
 
 
 def backend_class(optimizer_class: type) -> type:
@@ -63,11 +61,6 @@ def public_class(optimizer_class: type) -> type:
         return optimizer_class
     exported = {v for v in vars(keras.optimizers).values() if isinstance(v, type)}
     return next((c for c in optimizer_class.__mro__ if c in exported), optimizer_class)
-
-
-def set_learning_rate(optimizer: Any, value: Any) -> None:
-    """Keras's own ``learning_rate`` setter (the mixin overrides the property)."""
-    keras.optimizers.Optimizer.learning_rate.fset(optimizer, value)
 
 
 def raw_step_counter(optimizer: Any) -> Any:
@@ -227,3 +220,99 @@ def strategy_scope(optimizer: Any) -> contextlib.AbstractContextManager[Any]:
     if strategy is None:
         return contextlib.nullcontext()
     return strategy.scope()  # type: ignore[no-any-return]
+
+
+def checkpoint_restore_waits(optimizer: Any) -> bool:
+    """Whether a tf.train.Checkpoint restored slots this unbuilt optimizer lacks.
+
+    TensorFlow keeps the values of list entries it could not match yet in the
+    ``_deferred_dependencies`` of Keras's ``_variables`` list (positions
+    ``_variables/N``) until ``build`` appends those variables.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return False
+    holders = [optimizer, getattr(optimizer, "_variables", None)]
+    state = optimizer.__dict__.get("_introspection_state")
+    if state is not None:
+        holders.append(state)
+    return any(getattr(h, "_deferred_dependencies", None) for h in holders if h is not None)
+
+
+def read_child_group(store: Any, child: str) -> dict[str, Any]:
+    """The entries of attribute ``child``'s group, next to the store's own group.
+
+    Keras hands ``load_own_variables`` one store, pointed at the optimizer's
+    group (``H5IOStore.get(path)`` moves it; ``_h5_entry_path`` is where it
+    points). Reading the state's group from there lets the optimizer check
+    everything before it assigns anything; the store is pointed back after.
+    """
+    path = getattr(store, "_h5_entry_path", None)
+    if path is None or not callable(getattr(store, "get", None)):
+        raise TypeError(
+            "introspect_opt reads optimizer state from Keras's HDF5 weights "
+            f"(.keras, .weights.h5); received a {type(store).__name__}."
+        )
+    child_path = f"{path}/{child}" if path else child
+    try:
+        store.get(child_path)
+        return {key: store[key] for key in list(store.keys())}
+    finally:
+        store.get(path)
+
+
+def host_value(variable: Any) -> Any:
+    """A variable's value as NumPy can read it (also a tf.distribute one)."""
+    try:
+        return variable.numpy()
+    except AttributeError:
+        return keras.ops.convert_to_numpy(variable)
+
+
+def _models_in(value: Any) -> list[Any]:
+    """Keras models held by ``value``: itself, or the children of a TF checkpoint."""
+    if isinstance(value, keras.Model):
+        return [value]
+    if type(value).__name__ not in ("Checkpoint", "CheckpointManager"):
+        return []
+    found = []
+    for child in list(vars(value).values()):
+        if isinstance(child, keras.Model):
+            found.append(child)
+        elif type(child).__name__ == "Checkpoint":
+            found += [c for c in vars(child).values() if isinstance(c, keras.Model)]
+    return found
+
+
+def owning_model(optimizer: Any) -> Any:
+    """The built model that trains ``optimizer``, found on the call stack; or None.
+
+    Loading and saving reach an optimizer through its model without telling it
+    which one: ``saving_lib._load_state`` / ``_save_state`` walk down from the
+    model they were given, ``tf.train.Checkpoint`` from the objects it holds.
+    Those are local variables of the frames that called us, so the model
+    whose ``optimizer`` (or its ``inner_optimizer``) *is* this optimizer is
+    found there. None when there is none, when it is not built, or when
+    several models with different variables share the optimizer.
+    """
+    seen: set[int] = set()
+    matches: list[Any] = []
+    frame: Any = sys._getframe(1)
+    depth = 0
+    while frame is not None and depth < 200:
+        for value in list(frame.f_locals.values()):
+            for model in _models_in(value):
+                if id(model) in seen:
+                    continue
+                seen.add(id(model))
+                held = getattr(model, "optimizer", None)
+                if held is optimizer or getattr(held, "inner_optimizer", None) is optimizer:
+                    matches.append(model)
+        frame = frame.f_back
+        depth += 1
+    built = [m for m in matches if m.built]
+    if not built:
+        return None
+    variables = [[id(v) for v in m.trainable_variables] for m in built]
+    if any(v != variables[0] for v in variables):
+        return None
+    return built[0]

@@ -9,7 +9,7 @@ import keras
 
 from . import _keras_private
 from ._factory import introspectable, register
-from ._mechanism import IntrospectionMixin
+from ._mixin import IntrospectionMixin
 
 if TYPE_CHECKING:
     from keras.optimizers import SGD as _SGDBase

@@ -1,63 +1,112 @@
-"""Strict loading of optimizer state from ``.keras`` / ``.weights.h5`` files.
+"""Loading optimizer state all or nothing, and saving all of it, on every path.
 
 Keras skips *all* optimizer state, with only a warning, when the number of
-saved variables differs from the optimizer's. Introspectable optimizers load
-everything or raise an error that names the file, the optimizer and the fix,
-and never leave anything half-loaded.
+saved variables differs from the optimizer's. An introspectable optimizer
+reads everything a file holds for it (its own numbered entries and the
+state's group) and checks names, shapes and dtypes before it assigns
+anything: a load either restores everything or raises an error that names the
+file, the optimizer and the fix, and changes nothing.
 
-Two cases need care because the optimizer and the file legitimately differ:
-
-* The file was written after ``compile`` but before any training: it holds only
-  the variables an optimizer has before it is built (its step counter and, for
-  a float rate, the rate). Loaded into an optimizer that has not trained either,
-  those are restored and the slots keep their initial values.
-* The optimizer is not built yet (``compile``, ``load_weights``, then ``fit``;
-  ``load_model`` of a model that is not built; unpickling): its slots do not
-  exist. The step counter and rate are restored at once, the slots are kept and
-  applied when the optimizer is built. If they do not fit then, the early part
-  is rolled back and the error is raised, or, under
-  ``load_weights(..., skip_mismatch=True)``, a warning says that the
-  optimizer's saved state was skipped, as Keras would have done.
+State for variables that do not exist yet never waits where a save could miss
+it. An optimizer that is not built has no slots; when a file or a
+``tf.train.Checkpoint`` brings state for them, the optimizer is built right
+then for the model it trains (found with ``_keras_private.owning_model``), as
+``fit`` would build it, and the state is checked and assigned in full. Only an
+optimizer outside any model (unpickled, say) keeps a file's state queued
+(:class:`Pending`) until it is built; every Keras save path writes the queue.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any
 
+import keras
 import numpy as np
 
 from . import _keras_private
-from ._state import AppliedRateState, PendingRestore
+from ._state import AppliedRateState, Entries, check_entries
 
-_FIX = (
+STATE_ATTRIBUTE = "_introspection_state"
+
+FIX = (
     "Create the optimizer with the same class and arguments as the one that "
     "wrote the file (for example the same `momentum`, `use_ema` and "
-    "`gradient_accumulation_steps`) for the same model, or pass "
-    "`skip_mismatch=True` to `load_weights` to load the model weights and "
+    "`gradient_accumulation_steps`) for the same model; or, with "
+    "`model.load_weights(path, skip_mismatch=True)`, load the model weights and "
     "keep this optimizer's current state."
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class FileState:
+    """Everything a Keras file holds for one optimizer, checked."""
+
+    source: str
+    values: list[np.ndarray]  # the optimizer's own numbered entries, in order
+    entries: Entries | None  # the state's group; None: a plain optimizer's file
+
+
+@dataclasses.dataclass(frozen=True)
+class Pending:
+    """A file's state for an optimizer outside any model, waiting for its build."""
+
+    source: str
+    slots: list[np.ndarray]  # the values after the prefix
+    entries: Entries | None
+    previous: list[np.ndarray]  # the prefix before the first queued load (rollback)
+    lenient: bool  # loaded under `load_weights(..., skip_mismatch=True)`
 
 
 def _describe(optimizer: Any) -> str:
     return f"{type(optimizer).__name__} '{optimizer.name}'"
 
 
-def _read_values(optimizer: Any, store: Any, source: str) -> list[np.ndarray]:
+def _is_number(value: np.ndarray) -> bool:
+    if value.dtype.kind in "iuf":
+        return True
+    try:  # bfloat16 and float8 arrive as ml_dtypes
+        name = keras.backend.standardize_dtype(value.dtype)
+    except (ValueError, TypeError):
+        return False
+    return str(name).startswith(("float", "bfloat", "int", "uint"))
+
+
+def read_file(optimizer: Any, store: Any) -> FileState:
+    """Reads and checks the optimizer's entries and the state's group of a file."""
+    source = _keras_private.describe_store(store)
     keys = set(store.keys())
-    expected = {str(i) for i in range(len(keys))}
-    if keys != expected:
+    if keys != {str(i) for i in range(len(keys))}:
         raise ValueError(
             f"Cannot restore {_describe(optimizer)} from {source}: its optimizer "
             f"entries are {sorted(keys)}, not the numbered entries Keras writes. "
-            f"The file was not written by a Keras optimizer. {_FIX}"
+            f"The file was not written by a Keras optimizer; nothing was loaded "
+            f"into the optimizer. {FIX}"
         )
-    return [np.asarray(store[str(i)]) for i in range(len(keys))]
+    values = [np.asarray(store[str(i)]) for i in range(len(keys))]
+    for index, value in enumerate(values):
+        if not _is_number(value):
+            raise ValueError(
+                f"Cannot restore {_describe(optimizer)} from {source}: optimizer "
+                f"entry {index} holds {value.dtype} data, not numbers. The file is "
+                f"damaged; nothing was loaded into the optimizer. {FIX}"
+            )
+    group = _keras_private.read_child_group(store, STATE_ATTRIBUTE)
+    return FileState(source, values, check_entries(group, source))
 
 
-def _mismatch(optimizer: Any, values: list[np.ndarray], source: str) -> str | None:
-    """Why ``values`` cannot be assigned to the optimizer's variables, or None."""
-    variables = optimizer._plain_variables()
+def _prefix_count(optimizer: Any) -> int:
+    """How many variables an optimizer has before it is built.
+
+    Keras creates the step counter, then (for a float rate) the rate variable,
+    in ``__init__``; ``build`` appends every slot after them.
+    """
+    return 1 + int(_keras_private.has_rate_variable(optimizer))
+
+
+def _mismatch(optimizer: Any, variables: list[Any], values: list[np.ndarray], source: str) -> str:
+    """Why ``values`` cannot be assigned to ``variables``; empty if they can."""
     if len(values) != len(variables):
         state = "built" if optimizer.built else "not built yet"
         return (
@@ -66,29 +115,27 @@ def _mismatch(optimizer: Any, values: list[np.ndarray], source: str) -> str | No
             f"{len(variables)}. Plain Keras would skip all optimizer state here "
             f"with only a warning; nothing was loaded into the optimizer."
         )
-    index = _first_shape_mismatch(variables, values)
-    if index is not None:
-        variable, value = variables[index], values[index]
-        return (
-            f"Cannot restore {_describe(optimizer)} from {source}: optimizer "
-            f"variable {index} ('{variable.path}') has shape "
-            f"{tuple(variable.shape)}, the file holds shape "
-            f"{tuple(value.shape)}. Nothing was loaded into the optimizer."
-        )
-    return None
-
-
-def _first_shape_mismatch(variables: list[Any], values: list[np.ndarray]) -> int | None:
-    """Index of the first variable whose shape differs from its value's, if any."""
-    for index, (variable, value) in enumerate(zip(variables, values, strict=False)):
+    for index, (variable, value) in enumerate(zip(variables, values, strict=True)):
         if tuple(variable.shape) != tuple(value.shape):
-            return index
-    return None
+            return (
+                f"Cannot restore {_describe(optimizer)} from {source}: optimizer "
+                f"variable {index} ('{variable.path}') has shape "
+                f"{tuple(variable.shape)}, the file holds shape "
+                f"{tuple(value.shape)}. Nothing was loaded into the optimizer."
+            )
+        wants_int = keras.backend.standardize_dtype(variable.dtype).startswith(("int", "uint"))
+        if wants_int and value.dtype.kind not in "iu":
+            return (
+                f"Cannot restore {_describe(optimizer)} from {source}: optimizer "
+                f"variable {index} ('{variable.path}') holds integers, the file "
+                f"holds {value.dtype}. Nothing was loaded into the optimizer."
+            )
+    return ""
 
 
 def _numpy(variables: list[Any]) -> list[np.ndarray]:
     with _keras_private.eager_scope():  # build() may run while fit traces
-        return [np.asarray(v.numpy()) for v in variables]
+        return [np.array(_keras_private.host_value(v)) for v in variables]
 
 
 def _assign(variables: list[Any], values: list[np.ndarray]) -> None:
@@ -97,107 +144,136 @@ def _assign(variables: list[Any], values: list[np.ndarray]) -> None:
             variable.assign(value)
 
 
-def _is_zero(raw_steps: Any) -> bool:
-    return int(np.asarray(raw_steps)) == 0
+def settle(optimizer: Any) -> bool:
+    """Builds an unbuilt optimizer for the model it trains, if that model is known.
+
+    Returns whether the optimizer is built. Called when state for its slots
+    arrives (a file, a checkpoint) and before it is saved, so that state
+    never waits where a save path could miss it.
+    """
+    if optimizer.built:
+        return True
+    model = _keras_private.owning_model(optimizer)
+    if model is None:
+        return False
+    with _keras_private.eager_scope(), _keras_private.strategy_scope(optimizer):
+        optimizer.build(model.trainable_variables)
+    return True
 
 
-def load_optimizer_variables(optimizer: Any, state: AppliedRateState, store: Any) -> None:
-    """Replaces ``Optimizer.load_own_variables``: everything, or a clear error."""
-    source = _keras_private.describe_store(store)
-    state.owner_load = None
-    if state.pending is not None:  # a newer load supersedes an earlier, unapplied one
-        if state.pending.previous_prefix is not None:
-            _assign(_prefix(optimizer), state.pending.previous_prefix)
-        state.pending = None
-    if not list(store.keys()):
+def load(optimizer: Any, state: AppliedRateState, store: Any) -> None:
+    """Replaces ``Optimizer.load_own_variables``: everything, or an error and no change."""
+    file = read_file(optimizer, store)
+    if not file.values:
         warnings.warn(
-            f"{source} holds no state for {_describe(optimizer)} (the model was "
-            "saved before it was compiled). The optimizer keeps its current "
+            f"{file.source} holds no state for {_describe(optimizer)} (the model "
+            "was saved before it was compiled). The optimizer keeps its current "
             "state.",
             stacklevel=3,
         )
         return
-    values = _read_values(optimizer, store, source)
+    prefix_count = _prefix_count(optimizer)
+    if len(file.values) > prefix_count:
+        settle(optimizer)  # only builds; a mismatch below still changes no value
     variables = optimizer._plain_variables()
-    prefix = _prefix(optimizer)
-    fits_prefix = len(values) >= len(prefix) and _first_shape_mismatch(prefix, values) is None
-    if len(values) == len(variables):
-        problem = _mismatch(optimizer, values, source)
+    if optimizer.built:
+        problem = _mismatch(optimizer, variables, file.values, file.source)
+        if problem and _was_saved_before_build(optimizer, file, prefix_count):
+            # Written after compile, before any training, and loaded into an
+            # optimizer that has not trained either: the slots are at their
+            # initial values on both sides.
+            variables = variables[:prefix_count]
+            problem = _mismatch(optimizer, variables, file.values, file.source)
         if problem:
-            raise ValueError(f"{problem} {_FIX}")
-        _assign(variables, values)
-        state.owner_load = "loaded"
-    elif not optimizer.built and len(values) > len(variables) and fits_prefix:
-        # Its slots do not exist yet: restore the counter and rate now, keep
-        # the slots for build().
-        state.pending = PendingRestore(
-            source=source,
-            slot_values=values[len(prefix) :],
-            previous_prefix=_numpy(prefix),
-            lenient=_keras_private.keras_load_skips_mismatches(),
-        )
-        _assign(prefix, values[: len(prefix)])
-        state.owner_load = "deferred"
-    elif (
-        len(values) == len(prefix)
-        and fits_prefix
-        and _is_zero(values[0])
-        and _is_zero(_numpy([_keras_private.raw_step_counter(optimizer)])[0])
-    ):
-        # Written after compile, before any training, and loaded into an
-        # optimizer that has not trained either: the slots are at their
-        # initial values on both sides.
-        _assign(prefix, values)
-        state.owner_load = "loaded"
-    else:
-        problem = _mismatch(optimizer, values, source)
-        raise ValueError(f"{problem} {_FIX}")
+            raise ValueError(f"{problem} {FIX}")
+        _assign(variables, file.values)
+        with _keras_private.eager_scope():
+            state.assign_entries(optimizer, file.entries)
+        return
+    prefix = variables[:prefix_count]
+    problem = _mismatch(optimizer, prefix, file.values[:prefix_count], file.source)
+    if problem or len(file.values) < prefix_count:
+        problem = problem or _mismatch(optimizer, variables, file.values, file.source)
+        raise ValueError(f"{problem} {FIX}")
+    # Not built and no model to build it for (an unpickled optimizer, say):
+    # restore the step counter and rate now, queue the rest for build().
+    earlier = state.pending
+    state.pending = Pending(
+        source=file.source,
+        slots=file.values[prefix_count:],
+        entries=file.entries,
+        previous=earlier.previous if earlier is not None else _numpy(prefix),
+        lenient=_keras_private.keras_load_skips_mismatches(),
+    )
+    _assign(prefix, file.values[:prefix_count])
 
 
-def _prefix(optimizer: Any) -> list[Any]:
-    """The variables an optimizer has before it is built.
-
-    Keras creates the step counter, then (for a float rate) the rate variable,
-    in ``__init__``; ``build`` appends every slot after them.
-    """
-    count = 1 + int(_keras_private.has_rate_variable(optimizer))
-    return list(optimizer._plain_variables()[:count])
-
-
-def save_optimizer_variables(optimizer: Any, state: AppliedRateState, store: Any) -> None:
-    """Like ``Optimizer.save_own_variables``, keeping state not applied yet."""
-    values = _numpy(optimizer._plain_variables())
-    if state.pending is not None and state.pending.slot_values is not None:
-        values += state.pending.slot_values
-    for index, value in enumerate(values):
-        store[str(index)] = value
+def _was_saved_before_build(optimizer: Any, file: FileState, prefix_count: int) -> bool:
+    if len(file.values) != prefix_count:
+        return False
+    steps = _numpy([_keras_private.raw_step_counter(optimizer)])[0]
+    return int(file.values[0]) == 0 and int(steps) == 0
 
 
 def apply_pending(optimizer: Any, state: AppliedRateState) -> None:
-    """Applies state loaded before the optimizer was built; called from build()."""
+    """Applies a queued file's state once the optimizer is built (from build())."""
     pending, state.pending = state.pending, None
     if pending is None:
         return
-    if pending.slot_values is None:  # only the cached rate was waiting
-        state.assign_from_file(pending.cached)
+    if not pending.slots:  # a file of the step counter (and rate) alone
+        state.assign_entries(optimizer, pending.entries)
         return
-    prefix = _prefix(optimizer)
-    values = _numpy(prefix) + pending.slot_values
-    problem = _mismatch(optimizer, values, pending.source)
+    variables = optimizer._plain_variables()
+    prefix = variables[: _prefix_count(optimizer)]
+    values = _numpy(prefix) + pending.slots
+    problem = _mismatch(optimizer, variables, values, pending.source)
     if problem:
-        if pending.previous_prefix is not None:
-            _assign(prefix, pending.previous_prefix)  # nothing half-loaded
+        _assign(prefix, pending.previous)  # the queued load never happened
         if pending.lenient:
             warnings.warn(
                 f"{problem} The optimizer state was loaded with "
                 "`skip_mismatch=True` before the optimizer was built; it is "
-                "skipped and the optimizer starts fresh.",
+                "skipped and the optimizer keeps the state it had before that load.",
                 stacklevel=3,
             )
             return
         raise ValueError(
             f"{problem} (The state was loaded before the optimizer was built, so "
-            f"it could only be checked now.) {_FIX}"
+            f"it could only be checked now; the step counter is back to what it "
+            f"was before that load.) {FIX}"
         )
-    _assign(optimizer._plain_variables()[len(prefix) :], pending.slot_values)
-    state.assign_from_file(pending.cached)
+    _assign(variables[len(prefix) :], pending.slots)
+    state.assign_entries(optimizer, pending.entries)
+
+
+def save(optimizer: Any, state: AppliedRateState, store: Any) -> None:
+    """Replaces ``Optimizer.save_own_variables``, with nothing left behind.
+
+    An optimizer that a ``tf.train.Checkpoint`` restored before it was built
+    holds its slots' values only inside TensorFlow, until it is built: it is
+    built first (for the model it trains), or the save refuses to write an
+    incomplete file.
+    """
+    waiting = not optimizer.built and _keras_private.checkpoint_restore_waits(optimizer)
+    if waiting and not settle(optimizer):
+        raise ValueError(
+            f"Cannot save {_describe(optimizer)}: a tf.train.Checkpoint was "
+            "restored into it before it was built, and its slots are still "
+            "waiting inside TensorFlow for the variables they belong to. "
+            "Build it first, with `optimizer.build(model.trainable_variables)` "
+            "(or one training step), then save."
+        )
+    values = _numpy(optimizer._plain_variables())
+    if state.pending is not None:
+        values += state.pending.slots
+    for index, value in enumerate(values):
+        store[str(index)] = value
+
+
+def pending_rate(state: AppliedRateState, update_count: Any) -> np.ndarray | None:
+    """The rate a queued file recorded, if it belongs to ``update_count``."""
+    entries = None if state.pending is None else state.pending.entries
+    if not entries or int(entries["update_count"]) != int(update_count):
+        return None
+    rate: np.ndarray = entries["applied_learning_rate"]
+    return rate

@@ -1,6 +1,6 @@
 """Previewing the learning rate an optimizer applies, at any list of updates, and plotting it.
 
-``applied_learning_rates`` answers "what will ``current_learning_rate`` read
+``preview_learning_rates`` answers "what will ``current_learning_rate`` read
 after update ``n``?" for many ``n`` at once, without training: it evaluates the
 rate source the way the update step does (the schedule at the raw micro-step
 counter, times the plateau multiplier). ``plot_learning_rate`` draws that curve
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,19 +20,13 @@ from typing import Any
 import keras
 import numpy as np
 
-from . import _keras_private
-from ._mechanism import IntrospectionMixin
+from . import _history, _keras_private
+from ._mixin import IntrospectionMixin
+from ._resolve import current_learning_rate, describe_value, is_multi_optimizer, optimizer_of
 
 # More points than a plot is pixels wide; beyond this the schedule is sampled.
 _MAX_PLOT_POINTS = 4096
 _DEFAULT_PLOT_END = 1000
-
-
-def _describe(value: Any) -> str:
-    text = repr(value)
-    if len(text) > 80:
-        text = text[:77] + "..."
-    return f"{text} (type {type(value).__module__}.{type(value).__qualname__})"
 
 
 @dataclass(frozen=True)
@@ -41,7 +36,6 @@ class _RateSource:
     # Raw micro-step counters (int64, 1-D) -> the rate Keras passes to update_step.
     evaluate: Callable[[np.ndarray], np.ndarray]
     accumulation: int
-    multiplier: float
     optimizer: Any = None  # the optimizer itself, when there is one
     holder: Any = None  # what to read current_learning_rate from (model or optimizer)
     label: str = ""
@@ -54,7 +48,7 @@ def _as_rate_array(value: Any, what: str) -> np.ndarray:
         return array.astype(keras.config.floatx())
     if array.dtype.kind != "f":
         raise TypeError(
-            f"The learning rate from {what} is {_describe(value)}, not a number. "
+            f"The learning rate from {what} is {describe_value(value)}, not a number. "
             "A schedule must return a float tensor; a callable, a float."
         )
     return array
@@ -138,7 +132,7 @@ def _evaluate_schedule(schedule: Any, steps: np.ndarray) -> np.ndarray:
 def _unwrap_optimizer(optimizer: Any, function: str, argument: str) -> Any:
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         return optimizer.inner_optimizer
-    if any(c.__name__ == "MultiOptimizer" for c in type(optimizer).__mro__):
+    if is_multi_optimizer(optimizer):
         raise TypeError(
             f"{function}() received a {type(optimizer).__name__} as {argument}; it "
             "holds several optimizers, each with its own rate: pass one of them."
@@ -146,48 +140,31 @@ def _unwrap_optimizer(optimizer: Any, function: str, argument: str) -> Any:
     return optimizer
 
 
-def _schedule_multiplier(optimizer: Any) -> float:
-    from . import _plateau
-
-    return float(_plateau.schedule_multiplier(optimizer))
-
-
-def _recorded_rates(optimizer: Any) -> tuple[np.ndarray, np.ndarray]:
-    from . import _history
-
-    return _history.recorded_rates(optimizer)
-
-
 def _resolve(source: Any, function: str, argument: str = "source") -> _RateSource:
     """Reads an optimizer, a compiled model, a schedule or a float as a rate source."""
     schedules = keras.optimizers.schedules
     if isinstance(source, schedules.LearningRateSchedule):
         return _RateSource(
-            lambda steps: _evaluate_schedule(source, steps), 1, 1.0, label=type(source).__name__
+            lambda steps: _evaluate_schedule(source, steps), 1, label=type(source).__name__
         )
     if isinstance(source, numbers.Real) and not isinstance(source, (bool, np.bool_)):
         # Keras keeps a float rate in a floatx variable.
         rate = np.asarray(source, dtype=keras.config.floatx())
-        return _RateSource(_constant(rate, repr(source)), 1, 1.0, label=f"constant {source:g}")
+        return _RateSource(_constant(rate, repr(source)), 1, label=f"constant {source:g}")
     holder = source
-    optimizer = source
-    if isinstance(source, keras.Model):
-        optimizer = getattr(source, "optimizer", None)
-        if optimizer is None:
-            raise ValueError(
-                f"{function}() received as {argument} the model {source.name!r}, which "
-                "has no optimizer: compile it first, or pass the optimizer or schedule."
-            )
+    if isinstance(source, keras.Model) and getattr(source, "optimizer", None) is None:
+        raise ValueError(
+            f"{function}() received as {argument} the model {source.name!r}, which "
+            "has no optimizer: compile it first, or pass the optimizer or schedule."
+        )
+    optimizer = optimizer_of(source)
     if not isinstance(optimizer, keras.optimizers.Optimizer):
         raise TypeError(
             f"{function}() expects {argument} to be a Keras optimizer, a compiled "
             "model, a keras.optimizers.schedules.LearningRateSchedule or a float; "
-            f"received {_describe(source)}."
+            f"received {describe_value(source)}."
         )
     optimizer = _unwrap_optimizer(optimizer, function, argument)
-    if hasattr(holder, "jax_state_sync"):
-        # On JAX, `fit` keeps the state off the variables between steps.
-        holder.jax_state_sync()
     rate = _keras_private.learning_rate_source(optimizer)
     what = f"{type(optimizer).__name__} '{optimizer.name}'"
     evaluate: Callable[[np.ndarray], np.ndarray]
@@ -202,7 +179,6 @@ def _resolve(source: Any, function: str, argument: str = "source") -> _RateSourc
     return _RateSource(
         evaluate,
         accumulation=int(optimizer.gradient_accumulation_steps or 1),
-        multiplier=_schedule_multiplier(optimizer),
         optimizer=optimizer,
         holder=holder,
         label=f"{type(optimizer).__name__} '{optimizer.name}', {label}",
@@ -226,7 +202,7 @@ def _as_iterations(iterations: Any, function: str, argument: str = "iterations")
         raise TypeError(
             f"{function}() expects {argument} to be integers (values of "
             f"optimizer.iterations, the number of updates applied); received "
-            f"{_describe(iterations)} with dtype {array.dtype}. Pass e.g. "
+            f"{describe_value(iterations)} with dtype {array.dtype}. Pass e.g. "
             "np.arange(1000), a list of ints, or cast with .astype(int)."
         )
     if array.size and array.min() < 0:
@@ -245,21 +221,19 @@ def _rates(resolved: _RateSource, iterations: np.ndarray) -> np.ndarray:
     raw = np.where(flat > 0, flat * k - 1, k - 1).astype(np.int64)
     unique, inverse = np.unique(raw, return_inverse=True)
     values = resolved.evaluate(unique)
-    if resolved.multiplier != 1.0:
-        values = values * values.dtype.type(resolved.multiplier)
     return np.asarray(values[inverse.ravel()].reshape(iterations.shape))
 
 
-def applied_learning_rates(source: Any, iterations: Any) -> np.ndarray:
-    """The rate ``current_learning_rate`` reads after each of the given updates.
+def preview_learning_rates(source: Any, iterations: Any) -> np.ndarray:
+    """Previews the rate ``current_learning_rate`` will read after each of the given updates.
 
     For each ``n`` in ``iterations``: what ``optimizer.current_learning_rate``
     reads when ``optimizer.iterations == n``, computed without training. For
     ``n >= 1`` that is the rate the ``n``-th update applies, ``lr(n*k - 1)``,
     where ``k`` is ``gradient_accumulation_steps`` (or 1), because Keras
     evaluates the schedule at the raw micro-step counter; for ``n == 0``, the
-    rate the first update will use, ``lr(k - 1)``. Both are multiplied by the
-    optimizer's plateau multiplier.
+    rate the first update will use, ``lr(k - 1)``. A plateau multiplier
+    (``ScaleLearningRateOnPlateau``) is part of the rate.
 
     It is a forecast from the optimizer's rate source as it is *now* (schedule,
     float rate, multiplier): for updates already applied, a rate changed since
@@ -297,15 +271,41 @@ def applied_learning_rates(source: Any, iterations: Any) -> np.ndarray:
     Examples:
         >>> import keras, introspect_opt
         >>> schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.5)
-        >>> introspect_opt.applied_learning_rates(schedule, [0, 1, 2, 3]).round(6)
+        >>> introspect_opt.preview_learning_rates(schedule, [0, 1, 2, 3]).round(6)
         array([0.1  , 0.1  , 0.05 , 0.025], dtype=float32)
         >>> opt = introspect_opt.IntrospectableSGD(schedule, gradient_accumulation_steps=2)
-        >>> introspect_opt.applied_learning_rates(opt, [1, 2]).round(6)  # s(1), s(3)
+        >>> introspect_opt.preview_learning_rates(opt, [1, 2]).round(6)  # s(1), s(3)
         array([0.05  , 0.0125], dtype=float32)
     """
-    resolved = _resolve(source, "applied_learning_rates")
-    steps = _as_iterations(iterations, "applied_learning_rates")
+    resolved = _resolve(source, "preview_learning_rates")
+    steps = _as_iterations(iterations, "preview_learning_rates")
     return _rates(resolved, steps)
+
+
+def applied_learning_rates(source: Any, iterations: Any) -> np.ndarray:
+    """Deprecated name of :func:`preview_learning_rates` (it is a forecast).
+
+    Args:
+        source: As for :func:`preview_learning_rates`.
+        iterations: As for :func:`preview_learning_rates`.
+
+    Returns:
+        As :func:`preview_learning_rates`.
+
+    Examples:
+        >>> import warnings, introspect_opt
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore", DeprecationWarning)
+        ...     introspect_opt.applied_learning_rates(0.1, [0, 1]).round(6)
+        array([0.1, 0.1], dtype=float32)
+    """
+    warnings.warn(
+        "introspect_opt.applied_learning_rates() is renamed preview_learning_rates() "
+        "(it forecasts from the schedule); the old name will be removed in 0.3.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return preview_learning_rates(source, iterations)
 
 
 def _plot_grid(iterations: Any, end_hint: int) -> np.ndarray:
@@ -330,14 +330,14 @@ def _applied_points(applied: Any) -> tuple[np.ndarray, np.ndarray]:
     except (TypeError, ValueError):
         raise TypeError(
             "plot_learning_rate() expects applied to be a pair (iterations, rates) "
-            f"of equal-length sequences; received {_describe(applied)}."
+            f"of equal-length sequences; received {describe_value(applied)}."
         ) from None
     steps = _as_iterations(steps, "plot_learning_rate", "applied[0] (iterations)").ravel()
     rates = np.asarray(keras.ops.convert_to_numpy(rates) if hasattr(rates, "dtype") else rates)
     if rates.dtype.kind not in "iuf" or rates.ravel().shape != steps.shape:
         raise ValueError(
             "plot_learning_rate() expects applied[1] (rates) to be numbers, one per "
-            f"iteration in applied[0] ({steps.size}); received {_describe(applied[1])}."
+            f"iteration in applied[0] ({steps.size}); received {describe_value(applied[1])}."
         )
     return steps, rates.ravel().astype(np.float64)
 
@@ -349,12 +349,10 @@ def _recorded_points(
     optimizer = resolved.optimizer
     if not isinstance(optimizer, IntrospectionMixin):
         return np.zeros(0, np.int64), np.zeros(0), None
-    steps, rates = _recorded_rates(optimizer)
+    steps, rates = _history.recorded_rates(optimizer)
     current = None
     count = int(keras.ops.convert_to_numpy(optimizer.iterations))
     if count > 0:
-        from ._factory import current_learning_rate
-
         rate = current_learning_rate(resolved.holder)
         current = (count, float(keras.ops.convert_to_numpy(rate)))
     return np.asarray(steps, np.int64), np.asarray(rates, np.float64), current
@@ -370,7 +368,7 @@ def plot_learning_rate(
 ) -> Path:
     r"""Draws the whole learning-rate schedule, with the rates already applied, to a PNG.
 
-    The line is :func:`applied_learning_rates` over the plotted range: the rate
+    The line is :func:`preview_learning_rates` over the plotted range: the rate
     ``current_learning_rate`` reads after each update. On top, as markers, the
     rates actually applied: by default, for an introspectable optimizer, the
     last updates it keeps on the device (see its history option) and the
@@ -379,7 +377,7 @@ def plot_learning_rate(
     matplotlib's Agg renderer without touching ``pyplot``'s global state.
 
     Args:
-        source: What :func:`applied_learning_rates` accepts: an optimizer, a
+        source: What :func:`preview_learning_rates` accepts: an optimizer, a
             compiled model, a schedule or a float.
         path: Where to write the PNG.
         iterations: The updates to plot: an int ``N`` for ``0..N`` (sampled at
@@ -394,8 +392,8 @@ def plot_learning_rate(
         ``path``, as a ``pathlib.Path``.
 
     Raises:
-        ImportError: matplotlib is not installed
-            (``pip install "introspect-opt[plot]"``).
+        ImportError: matplotlib is not installed (``pip install matplotlib``,
+            or the ``plot`` extra: ``pip install ".[plot]"`` in a checkout).
         TypeError: ``source``, ``path``, ``iterations`` or ``applied`` has the
             wrong type.
         ValueError: ``iterations`` or ``applied`` holds invalid values.
@@ -412,7 +410,7 @@ def plot_learning_rate(
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(
-            f"plot_learning_rate() expects path to be a file path; received {_describe(path)}."
+            f"plot_learning_rate() expects path to be a file path; received {describe_value(path)}."
         )
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -420,7 +418,8 @@ def plot_learning_rate(
     except ImportError as error:
         raise ImportError(
             "plot_learning_rate() needs matplotlib, an optional dependency of "
-            'introspect-opt: pip install "introspect-opt[plot]"'
+            "introspect-opt: `pip install matplotlib` (or, from a checkout of "
+            'introspect-opt, `pip install ".[plot]"`).'
         ) from error
     resolved = _resolve(source, "plot_learning_rate")
     current: tuple[int, float] | None = None

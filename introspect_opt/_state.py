@@ -1,20 +1,30 @@
-"""The cached applied rate: its variables, and how they travel through files.
+"""The cached applied rate, and the one extension point opt-in features attach to.
 
-The state lives in one small object attached to the optimizer instead of in
-``optimizer.variables``. Plain Keras optimizers refuse a ``.keras`` /
-``.weights.h5`` entry whose variable count differs from theirs, and
-``tf.train.Checkpoint`` matches ``optimizer.variables`` by position; keeping the
-count and the positions exactly those of the plain optimizer is what makes files
-interchangeable in both directions. The object is saved as a group of its own
-(``.keras`` / ``.weights.h5``) and as a named dependency (``tf.train.Checkpoint``),
-both of which a plain optimizer simply ignores.
+The state is one small object attached to the optimizer (attribute
+``_introspection_state``) instead of variables in ``optimizer.variables``.
+Plain Keras optimizers refuse a ``.keras`` / ``.weights.h5`` entry whose
+variable count differs from theirs, and ``tf.train.Checkpoint`` matches
+``optimizer.variables`` by position; keeping the count and the positions
+exactly those of the plain optimizer is what makes files interchangeable in
+both directions. The state is saved as a group of its own (``.keras`` /
+``.weights.h5``) and as a named dependency (``tf.train.Checkpoint``), both of
+which a plain optimizer ignores.
+
+Core: two scalar variables, the rate the last update applied and the update
+count it belongs to. Everything else (the plateau multiplier, the rate
+history, diagnostics) is a :class:`Feature`: a named set of variables of this
+state, created on request, saved next to the core entries, and called by the
+optimizer at two moments of every update. Features register themselves
+(:func:`register_feature`); this module imports none of them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
+import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import keras
 import numpy as np
@@ -23,25 +33,12 @@ from . import _keras_private
 
 RATE_KEY = "applied_learning_rate"
 COUNT_KEY = "update_count"
+CORE_KEYS = (RATE_KEY, COUNT_KEY)
 # No update has written the cache: ``current_learning_rate`` derives the value.
 NO_UPDATE = -1
 
-# Opt-in state (see _plateau, _history, _diagnostics), each created only when
-# asked for (or brought by a file) and saved as a group of entries.
-MULTIPLIER_KEY = "learning_rate_multiplier"
-HISTORY_RATES_KEY = "rate_history"
-HISTORY_UPDATES_KEY = "rate_history_updates"
-DIAGNOSTIC_KEYS = ("gradient_norm", "update_norm", "update_to_weight_ratio")
-FEATURE_KEYS = {
-    "multiplier": (MULTIPLIER_KEY,),
-    "history": (HISTORY_RATES_KEY, HISTORY_UPDATES_KEY),
-    "diagnostics": DIAGNOSTIC_KEYS,
-}
-CORE_KEYS = (RATE_KEY, COUNT_KEY)
-
-# The entries of this state read from a file; None: the file had none (it was
-# written by the plain optimizer).
-FileEntries = dict[str, np.ndarray]
+# This state's entries as read from a file (validated), by name.
+Entries = dict[str, np.ndarray]
 
 if TYPE_CHECKING or keras.backend.backend() != "tensorflow":
     _Trackable = object
@@ -53,31 +50,109 @@ else:  # pragma: no branch - the TensorFlow backend is the one CI runs first.
     _Trackable = tf.Module
 
 
-@dataclasses.dataclass
-class Requests:
-    """Opt-in features asked for before the state's variables exist."""
+@dataclasses.dataclass(frozen=True)
+class Update:
+    """What an applied update hands to the features (all traced values)."""
 
-    multiplier: int = 0
-    history: int = 0  # the buffer size
-    diagnostics: int = 0
-
-    def items(self) -> list[tuple[str, int]]:
-        return [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)]
+    gradients: list[Any]
+    variables: list[Any]
+    rate: Any  # in the cache's dtype
+    count: Any  # the update count it belongs to
 
 
-@dataclasses.dataclass
-class PendingRestore:
-    """State read from a file before the optimizer had variables to hold it."""
+class Feature:
+    """An opt-in extension of the state: the extension point, documented.
 
-    source: str
-    # The optimizer's slots from the file (None: only the cache is waiting).
-    slot_values: list[np.ndarray] | None = None
-    # Step counter and rate as they were before the load, to roll back to.
-    previous_prefix: list[np.ndarray] | None = None
-    # Loaded under `load_weights(..., skip_mismatch=True)`.
-    lenient: bool = False
-    # This state's entries from the file; None: the file lacked them.
-    cached: FileEntries | None = None
+    A feature owns the state attributes named in ``keys`` (variables, also its
+    entry names in files and checkpoints). The optimizer calls, for every
+    feature whose variables exist:
+
+    * :meth:`before_apply` at the start of ``apply`` (in the traced step,
+      before weight decay and the update; also on accumulation micro-steps);
+    * :meth:`after_update` right after an update was applied and the cached
+      rate written (never on micro-steps or skipped steps).
+
+    Loading calls :meth:`check` on a file's entries before anything is
+    assigned and :meth:`assign` after; ``None`` entries mean the file was
+    written without the feature (by a plain optimizer, or with it off).
+    """
+
+    name: ClassVar[str]
+    keys: ClassVar[tuple[str, ...]]
+    # A file or checkpoint holding this feature's entries creates it on load:
+    # training state that the rate depends on must not be dropped.
+    created_by_files: ClassVar[bool] = False
+
+    def create(self, optimizer: Any, state: AppliedRateState, **options: Any) -> None:
+        """Creates the feature's variables (called eagerly, in the strategy's scope)."""
+        raise NotImplementedError
+
+    def options_for(self, entries: Entries) -> dict[str, Any]:
+        """The options to create the feature with, to hold a file's entries."""
+        return {}
+
+    def wanted_by(self, optimizer: Any) -> dict[str, Any] | None:
+        """Options to create the feature with at build, when the optimizer needs it.
+
+        None (the default): only when asked for (:meth:`AppliedRateState.enable`).
+        """
+        return None
+
+    def options_for_checkpoint(self) -> dict[str, Any] | None:
+        """Options to create the feature with for a tf.train.Checkpoint holding it.
+
+        None: the feature cannot be created without seeing the values (it is
+        then restored only into an optimizer that already has it).
+        """
+        return {}
+
+    def before_apply(
+        self, optimizer: Any, state: AppliedRateState, gradients: list[Any], variables: list[Any]
+    ) -> None:
+        """Called at the start of every ``apply`` (traced)."""
+
+    def after_update(self, optimizer: Any, state: AppliedRateState, update: Update) -> None:
+        """Called after every applied update (traced)."""
+
+    def check(self, entries: Entries) -> str | None:
+        """Why a file's entries of this feature cannot be restored, or None."""
+        return None
+
+    def assign(self, optimizer: Any, state: AppliedRateState, entries: Entries | None) -> None:
+        """Restores the feature's variables from a file's entries (None: none)."""
+        for key in self.keys:
+            variable = getattr(state, key)
+            if entries is not None:
+                variable.assign(entries[key])
+
+
+_FEATURES: dict[str, Feature] = {}
+
+
+def register_feature(feature: Feature) -> Feature:
+    """Makes a feature known to every state (once per name)."""
+    _FEATURES[feature.name] = feature
+    return feature
+
+
+def features() -> list[Feature]:
+    """Every registered feature, in registration order."""
+    return list(_FEATURES.values())
+
+
+def known_keys() -> set[str]:
+    return set(CORE_KEYS).union(*(f.keys for f in _FEATURES.values()))
+
+
+class _Requests:
+    """Features asked for before the state's variables exist: name -> options.
+
+    A plain object around the dict: tf.Module would track a dict attribute
+    as a checkpoint dependency.
+    """
+
+    def __init__(self) -> None:
+        self.options: dict[str, dict[str, Any]] = {}
 
 
 class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
@@ -89,199 +164,191 @@ class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
     cached value is stale and the rate is derived from the schedule instead.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, owner: Any) -> None:
         if _Trackable is not object:
             super().__init__(name="applied_learning_rate_state")
         self.applied_learning_rate: Any = None
         self.update_count: Any = None
-        # Opt-in: the plateau multiplier, the history buffer, diagnostics.
-        self.learning_rate_multiplier: Any = None
-        self.rate_history: Any = None
-        self.rate_history_updates: Any = None
-        self.gradient_norm: Any = None
-        self.update_norm: Any = None
-        self.update_to_weight_ratio: Any = None
-        # Features asked for before the variables exist (a plain object, not a
-        # dict: tf.Module would track a dict as a checkpoint dependency).
-        self.requested = Requests()
-        # The optimizer this state belongs to, to create variables next to its
-        # own when a file brings a feature (a weak reference: no cycle, and not
-        # something Keras or TensorFlow would try to save).
-        self.owner: Callable[[], Any] = lambda: None
-        self.pending: PendingRestore | None = None
-        # Set by the owning optimizer's load_own_variables just before Keras
-        # visits this object in the same load: "loaded", "deferred", or None
-        # (the optimizer's own state was not restored; leave the cache alone).
-        self.owner_load: str | None = None
-
-    def _lookup_dependency(self, name: str, cached_dependencies: Any = None) -> Any:
-        # tf.train.Checkpoint asks for each child it holds by name: a
-        # multiplier in the checkpoint is created here so that it is restored
-        # (training state must not be dropped). See _keras_private.
-        owner = self.owner()
-        wanted = (
-            name == MULTIPLIER_KEY
-            and self.learning_rate_multiplier is None
-            and not self.__dict__.get("_creating_feature", False)
-        )
-        if wanted and owner is not None and self.has_variables:
-            self.create_feature(owner, "multiplier")
-            cached_dependencies = None  # computed before it existed
-        return super()._lookup_dependency(name, cached_dependencies)
+        for feature in features():
+            for key in feature.keys:
+                setattr(self, key, None)
+        self.requested = _Requests()
+        # The optimizer this state belongs to (a weak reference: no cycle,
+        # and nothing Keras or TensorFlow would try to save).
+        self.owner: Callable[[], Any] = weakref.ref(owner)
+        # State read from a file before the optimizer was built (see
+        # _persistence.Pending); applied by build().
+        self.pending: Any = None
+        # Serialises creation of variables against reads from other threads
+        # (a monitoring thread may read current_learning_rate during build).
+        self.__dict__["_lock"] = threading.RLock()
+        # Core variables, published together once both exist.
+        self.__dict__["_core"] = None
 
     def _obj_type(self) -> str:
         # Only selects the attribute skip-list Keras uses while walking this
         # object; "Optimizer" keeps the walk to our own attributes.
         return "Optimizer"
 
+    def _lookup_dependency(self, name: str, cached_dependencies: Any = None) -> Any:
+        # tf.train.Checkpoint asks for each child it holds by name: a feature
+        # that files create (training state) is created here, so that a
+        # checkpoint holding it restores it instead of dropping it.
+        # (Only while restoring: TensorFlow passes the children it listed. A
+        # lookup without them comes from tracking an attribute being set.)
+        feature = next((f for f in features() if name in f.keys), None)
+        owner = self.owner()
+        if (
+            cached_dependencies is not None
+            and feature is not None
+            and feature.created_by_files
+            and feature.options_for_checkpoint() is not None
+            and owner is not None
+            and self.has_variables
+            and not self.has(feature.name)
+        ):
+            self.create(owner, feature.name, **(feature.options_for_checkpoint() or {}))
+            cached_dependencies = None  # computed before it existed
+        return super()._lookup_dependency(name, cached_dependencies)
+
+    # --- variables ----------------------------------------------------------
+
     @property
     def has_variables(self) -> bool:
-        return self.applied_learning_rate is not None
+        return self.__dict__["_core"] is not None
+
+    def core(self) -> tuple[Any, Any] | None:
+        """(rate variable, count variable), or None before they exist."""
+        return self.__dict__["_core"]  # type: ignore[no-any-return]
 
     def has(self, feature: str) -> bool:
         """Whether the variables of an opt-in feature exist."""
-        return getattr(self, FEATURE_KEYS[feature][0]) is not None
+        return getattr(self, _FEATURES[feature].keys[0], None) is not None
+
+    def active(self) -> list[Feature]:
+        return [f for f in features() if self.has(f.name)]
 
     def all_variables(self) -> list[Any]:
         """Every variable of this state, in a fixed order (JAX carries these)."""
         if not self.has_variables:
             return []
         names = list(CORE_KEYS)
-        for feature, keys in FEATURE_KEYS.items():
-            if self.has(feature):
-                names += keys
+        for feature in self.active():
+            names += feature.keys
         return [getattr(self, name) for name in names]
 
     def create_variables(self, optimizer: Any, rate_dtype: str) -> None:
-        """Creates the two scalar variables, next to the optimizer's own."""
-        self.applied_learning_rate = _variable(optimizer, RATE_KEY, np.zeros((), dtype=rate_dtype))
-        counter = _keras_private.raw_step_counter(optimizer)
-        self.update_count = _variable(
-            optimizer, COUNT_KEY, np.full((), NO_UPDATE, dtype=counter.dtype)
-        )
-        if _keras_private.checkpoint_waits_for(self, MULTIPLIER_KEY):
-            # A tf.train.Checkpoint restored before the build holds one: it
-            # is restored into the variable as soon as the variable exists.
-            self.requested.multiplier = 1
-        for feature, size in self.requested.items():
-            if size:
-                self.create_feature(optimizer, feature, size)
+        """Creates the two scalar variables, then every requested feature."""
+        with self._lock:
+            if self.has_variables:
+                return
+            rate = make_variable(optimizer, RATE_KEY, np.zeros((), dtype=rate_dtype))
+            counter = _keras_private.raw_step_counter(optimizer)
+            count = make_variable(optimizer, COUNT_KEY, np.full((), NO_UPDATE, counter.dtype))
+            self.applied_learning_rate, self.update_count = rate, count
+            self.__dict__["_core"] = (rate, count)  # readable from now on, both at once
+            for feature in features():
+                options = feature.options_for_checkpoint()
+                waiting = _keras_private.checkpoint_waits_for(self, feature.keys[0])
+                if feature.created_by_files and options is not None and waiting:
+                    # A tf.train.Checkpoint restored before the build holds it: it
+                    # is restored into the variable as soon as the variable exists.
+                    self.requested.options.setdefault(feature.name, options)
+            for feature in features():
+                wanted = feature.wanted_by(optimizer)
+                if wanted is not None:
+                    self.requested.options.setdefault(feature.name, wanted)
+            requested, self.requested.options = self.requested.options, {}
+            for name, options in requested.items():
+                self.create(optimizer, name, **options)
 
-    def create_feature(self, optimizer: Any, feature: str, size: int = 0) -> None:
-        """Creates the variables of an opt-in feature (once; eagerly)."""
-        if self.has(feature):
-            return
-        # (Tracking the new attribute asks _lookup_dependency about its name.)
-        self.__dict__["_creating_feature"] = True
-        try:
-            self._create_feature(optimizer, feature, size)
-        finally:
-            self.__dict__["_creating_feature"] = False
+    def enable(self, optimizer: Any, name: str, **options: Any) -> bool:
+        """Switches a feature on: the one way to do it.
 
-    def _create_feature(self, optimizer: Any, feature: str, size: int) -> None:
-        rate_dtype = self.applied_learning_rate.dtype
-        counter_dtype = self.update_count.dtype
-        with _keras_private.eager_scope(), _keras_private.strategy_scope(optimizer):
-            if feature == "multiplier":
-                self.learning_rate_multiplier = _variable(
-                    optimizer, MULTIPLIER_KEY, np.ones((), dtype=rate_dtype)
-                )
-            elif feature == "history":
-                self.rate_history = _variable(
-                    optimizer, HISTORY_RATES_KEY, np.zeros((size,), dtype=rate_dtype)
-                )
-                self.rate_history_updates = _variable(
-                    optimizer,
-                    HISTORY_UPDATES_KEY,
-                    np.full((size,), NO_UPDATE, dtype=counter_dtype),
-                )
-            else:
-                for key in DIAGNOSTIC_KEYS:
-                    setattr(self, key, _variable(optimizer, key, np.full((), np.nan, "float32")))
+        Its variables are created now if the state's own exist, else when the
+        optimizer is built. Returns whether variables were created now (a
+        function traced before would not update them until retraced).
+        """
+        with self._lock:
+            if self.has(name):
+                return False
+            if self.has_variables:
+                self.create(optimizer, name, **options)
+                return True
+            self.requested.options[name] = options
+            return False
 
-    @property
-    def history_size(self) -> int:
-        return 0 if self.rate_history is None else int(self.rate_history.shape[0])
+    def create(self, optimizer: Any, name: str, **options: Any) -> None:
+        """Creates the variables of an opt-in feature now (once; eagerly)."""
+        feature = _FEATURES[name]
+        with self._lock:
+            if self.has(name):
+                return
+            with _keras_private.eager_scope(), _keras_private.strategy_scope(optimizer):
+                feature.create(optimizer, self, **options)
 
-    def write(self, rate: Any, count: Any) -> None:
-        self.applied_learning_rate.assign(rate)
-        self.update_count.assign(count)
-        if self.rate_history is not None:
-            # Update n goes to slot (n - 1) % size: a ring buffer whose slots
-            # say which update they hold, so no separate head is needed.
-            ops = keras.ops
-            size = self.history_size
-            slot = ops.mod(ops.subtract(count, 1), size)
-            here = ops.equal(ops.arange(size, dtype=count.dtype), slot)
-            self.rate_history.assign(ops.where(here, rate, self.rate_history.value))
-            self.rate_history_updates.assign(
-                ops.where(here, count, self.rate_history_updates.value)
-            )
+    def drop(self, name: str) -> None:
+        """Forgets a feature's variables (to create them again, e.g. resized)."""
+        with self._lock:
+            for key in _FEATURES[name].keys:
+                setattr(self, key, None)
 
-    def assign_from_file(self, cached: FileEntries | None) -> None:
-        """Restores this state from a file's entries (None: a plain file)."""
-        cached = cached or {}
-        owner = self.owner()
-        if owner is not None and MULTIPLIER_KEY in cached:
-            # Training state, not an observation: the rate depends on it.
-            self.create_feature(owner, "multiplier")
-        if owner is not None and HISTORY_RATES_KEY in cached:
-            # Cheap to keep, and what plots of a saved model show. (Not so
-            # diagnostics: they cost a copy of the weights per update and
-            # describe only the last one; a file's are dropped unless the
-            # optimizer records them too.)
-            self.create_feature(owner, "history", len(cached[HISTORY_RATES_KEY]))
+    # --- per update -----------------------------------------------------------
+
+    def before_apply(self, optimizer: Any, gradients: list[Any], variables: list[Any]) -> None:
+        for feature in self.active():
+            feature.before_apply(optimizer, self, gradients, variables)
+
+    def record(self, optimizer: Any, update: Update) -> None:
+        """Writes the rate an update applied, then lets the features see it."""
+        self.applied_learning_rate.assign(update.rate)
+        self.update_count.assign(update.count)
+        for feature in self.active():
+            feature.after_update(optimizer, self, update)
+
+    # --- files ------------------------------------------------------------------
+
+    def entries(self) -> Entries:
+        """Every variable's value, by entry name (what a file holds)."""
+        if not self.has_variables:
+            return {}
+        names = list(CORE_KEYS) + [k for f in self.active() for k in f.keys]
         with _keras_private.eager_scope():
-            if RATE_KEY in cached:
-                self.applied_learning_rate.assign(cached[RATE_KEY])
-                self.update_count.assign(cached[COUNT_KEY])
+            return {name: host_array(getattr(self, name)) for name in names}
+
+    def assign_entries(self, optimizer: Any, entries: Entries | None) -> None:
+        """Restores this state from a file's validated entries (None: a plain file).
+
+        Creates the features a file brings when they are training state
+        (``created_by_files``); the rest keep what they are.
+        """
+        entries = entries or {}
+        for feature in features():
+            if feature.created_by_files and feature.keys[0] in entries:
+                self.create(optimizer, feature.name, **feature.options_for(entries))
+        with _keras_private.eager_scope():
+            if RATE_KEY in entries:
+                self.applied_learning_rate.assign(entries[RATE_KEY])
+                self.update_count.assign(entries[COUNT_KEY])
             else:
                 self.update_count.assign(NO_UPDATE)
-            if self.learning_rate_multiplier is not None:
-                # The plain optimizer's state has no multiplier: it trained at 1.
-                self.learning_rate_multiplier.assign(cached.get(MULTIPLIER_KEY, 1.0))
-            if self.rate_history is not None:
-                rates, updates = rebucket(
-                    cached.get(HISTORY_RATES_KEY),
-                    cached.get(HISTORY_UPDATES_KEY),
-                    self.history_size,
-                    self.rate_history.dtype,
-                    self.rate_history_updates.dtype,
-                )
-                self.rate_history.assign(rates)
-                self.rate_history_updates.assign(updates)
-            if self.gradient_norm is not None:
-                for key in DIAGNOSTIC_KEYS:
-                    getattr(self, key).assign(cached.get(key, np.nan))
+            for feature in self.active():
+                own = entries if feature.keys[0] in entries else None
+                feature.assign(optimizer, self, own)
 
-    # --- Keras saving (.keras / .weights.h5) ------------------------------
+    # Keras saving (.keras / .weights.h5): the optimizer reads this state's
+    # group itself, together with its own, so that it can check everything
+    # before assigning anything (see _persistence); here only the writing.
 
     def save_own_variables(self, store: Any) -> None:
-        if self.has_variables:
-            for variable in self.all_variables():
-                store[variable.name] = np.asarray(keras.ops.convert_to_numpy(variable))
-        elif self.pending is not None and self.pending.cached is not None:
-            for key, value in self.pending.cached.items():
-                store[key] = value
-
-    def pending_rate(self, update_count: Any) -> np.ndarray | None:
-        """The cached rate loaded from a file and not applied yet, if current."""
-        cached = None if self.pending is None else self.pending.cached
-        if not cached or int(cached[COUNT_KEY]) != int(update_count):
-            return None
-        return cached[RATE_KEY]
+        entries = self.entries() if self.has_variables else None
+        if entries is None and self.pending is not None:
+            entries = self.pending.entries
+        for key, value in (entries or {}).items():
+            store[key] = value
 
     def load_own_variables(self, store: Any) -> None:
-        owner_load, self.owner_load = self.owner_load, None
-        if owner_load is None:
-            return
-        cached = read_entries(store)
-        if owner_load == "deferred" or not self.has_variables:
-            if self.pending is None:
-                self.pending = PendingRestore(source=_keras_private.describe_store(store))
-            self.pending.cached = cached
-        else:
-            self.assign_from_file(cached)
+        pass  # read by the owning optimizer, see _persistence.read_file
 
 
 def host_array(value: Any) -> np.ndarray:
@@ -299,10 +366,17 @@ def host_array(value: Any) -> np.ndarray:
         return np.asarray(keras.ops.convert_to_numpy(value))
 
 
-def _variable(optimizer: Any, name: str, initial: np.ndarray) -> Any:
-    # Constant initial values: under `fit` the optimizer is built inside the
-    # traced train function, where initial values that read other variables
-    # cannot be lifted out (XLA).
+def host_float(value: Any) -> float:
+    return float(host_array(value))
+
+
+def make_variable(optimizer: Any, name: str, initial: np.ndarray) -> Any:
+    """A non-trainable scalar or vector of state, next to the optimizer's own.
+
+    Constant initial values: under ``fit`` the optimizer is built inside the
+    traced train function, where initial values that read other variables
+    cannot be lifted out (XLA).
+    """
     with keras.name_scope(optimizer.name, caller=optimizer):
         return keras.Variable(
             initializer=initial,
@@ -314,58 +388,51 @@ def _variable(optimizer: Any, name: str, initial: np.ndarray) -> Any:
         )
 
 
-def rebucket(
-    rates: np.ndarray | None,
-    updates: np.ndarray | None,
-    size: int,
-    rate_dtype: Any,
-    update_dtype: Any,
-) -> tuple[np.ndarray, np.ndarray]:
-    """A history from a file, laid out for a buffer of ``size`` slots.
+def check_entries(store: Any, source: str) -> Entries | None:
+    """This state's entries in a file, validated in full; None for a plain file.
 
-    Files written with another size keep their most recent entries.
+    Checks names, groups, shapes and dtypes of every entry (the features'
+    own rules included) before the caller assigns anything.
     """
-    new_rates = np.zeros((size,), dtype=keras.backend.standardize_dtype(rate_dtype))
-    new_updates = np.full((size,), NO_UPDATE, dtype=keras.backend.standardize_dtype(update_dtype))
-    if rates is None or updates is None:
-        return new_rates, new_updates
-    kept = sorted((int(u), r) for u, r in zip(updates, rates, strict=True) if u > 0)[-size:]
-    for update, rate in kept:
-        new_rates[(update - 1) % size] = rate
-        new_updates[(update - 1) % size] = update
-    return new_rates, new_updates
-
-
-def read_entries(store: Any) -> FileEntries | None:
-    """This state's entries in a file, validated; None for a plain file."""
     keys = set(store.keys())
     if not keys:
         return None  # written by the plain optimizer: derive the rate
-    known = set(CORE_KEYS).union(*FEATURE_KEYS.values())
-    groups_ok = set(CORE_KEYS) <= keys and all(
-        set(group) <= keys or not (set(group) & keys) for group in FEATURE_KEYS.values()
-    )
-    if not keys <= known or not groups_ok:
+    groups = [set(CORE_KEYS)] + [set(f.keys) for f in features()]
+    complete = set(CORE_KEYS) <= keys and all(g <= keys or not (g & keys) for g in groups)
+    if not keys <= known_keys() or not complete:
+        optional = sorted(sorted(f.keys) for f in features())
         raise ValueError(
-            f"Cannot restore the applied learning rate from "
-            f"{_keras_private.describe_store(store)}: expected the entries "
-            f"{sorted(CORE_KEYS)} (plus, optionally, the groups "
-            f"{sorted(FEATURE_KEYS.values())}), found {sorted(keys)}. The file "
-            "was not written by this version of introspect_opt; load it with "
-            "`skip_mismatch=True` to keep the current optimizer state."
+            f"Cannot restore the applied learning rate from {source}: expected the "
+            f"entries {sorted(CORE_KEYS)} (plus, optionally, the groups {optional}), "
+            f"found {sorted(keys)}. The file was not written by this version of "
+            "introspect_opt, or was changed since; nothing was loaded into the "
+            "optimizer. Load it with `skip_mismatch=True` to load the model "
+            "weights and keep the optimizer's current state."
         )
-    entries = {key: np.asarray(store[key]) for key in keys}
-    history = [entries[k].shape for k in (HISTORY_RATES_KEY, HISTORY_UPDATES_KEY) if k in entries]
-    scalars = [entries[k].shape for k in keys if k not in FEATURE_KEYS["history"]]
-    if any(shape != () for shape in scalars) or (
-        history and (len(history[0]) != 1 or history[0] != history[1])
-    ):
+    entries: Entries = {}
+    for key in sorted(keys):
+        value = np.asarray(store[key])
+        if value.dtype.kind not in "iuf":
+            raise ValueError(
+                f"Cannot restore the applied learning rate from {source}: entry "
+                f"{key!r} holds {value.dtype} data, not numbers. The file is "
+                "damaged; nothing was loaded into the optimizer. Load it with "
+                "`skip_mismatch=True` to load the model weights and keep the "
+                "optimizer's current state."
+            )
+        entries[key] = value
+    problems = [f"{k} has shape {entries[k].shape}" for k in CORE_KEYS if entries[k].shape != ()]
+    for feature in features():
+        if feature.keys[0] in entries:
+            problem = feature.check(entries)
+            if problem:
+                problems.append(problem)
+    if problems:
         raise ValueError(
-            f"Cannot restore the applied learning rate from "
-            f"{_keras_private.describe_store(store)}: expected scalars (and two "
-            "equal-length vectors for the rate history), found shapes "
-            f"{ {k: v.shape for k, v in sorted(entries.items())} }. The file is "
-            "damaged or was not written by introspect_opt; load it with "
-            "`skip_mismatch=True` to keep the current optimizer state."
+            f"Cannot restore the applied learning rate from {source}: "
+            f"{'; '.join(problems)}. The file is damaged or was not written by "
+            "introspect_opt; nothing was loaded into the optimizer. Load it with "
+            "`skip_mismatch=True` to load the model weights and keep the "
+            "optimizer's current state."
         )
     return entries

@@ -25,16 +25,57 @@ def test_update_step_hook_exists_with_the_expected_signature() -> None:
     ]
 
 
-def test_rate_decay_and_reduction_hooks_exist() -> None:
-    """The other methods the mechanism overrides still exist with their signatures."""
-    base = keras.optimizers.Optimizer
-    current = getattr(base, _keras_private.CURRENT_RATE_HOOK)
-    assert list(inspect.signature(current).parameters) == ["self"]
-    decay = getattr(base, _keras_private.WEIGHT_DECAY_HOOK)
-    assert list(inspect.signature(decay).parameters) == ["self", "variables"]
-    if keras.backend.backend() == "tensorflow":
-        reduce = getattr(base, _keras_private.TF_GRADIENT_REDUCTION_HOOK)
-        assert list(inspect.signature(reduce).parameters) == ["self", "grads_and_vars"]
+@pytest.mark.tf_only
+def test_tensorflow_lists_children_before_it_restores_or_saves(tmp_path: Path) -> None:
+    """tf.train.Checkpoint still calls _trackable_children before restoring and saving."""
+    import tensorflow as tf
+
+    calls: list[str] = []
+
+    class Probe(tf.Module):
+        def _trackable_children(self, save_type="checkpoint", **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(save_type)
+            return super()._trackable_children(save_type, **kwargs)
+
+    probe = Probe()
+    probe.v = tf.Variable(1.0)
+    path = tf.train.Checkpoint(probe=probe).write(str(tmp_path / "ck"))
+    assert calls
+    calls.clear()
+    tf.train.Checkpoint(probe=Probe()).read(path)
+    assert calls
+    assert hasattr(tf.Module, _keras_private.TF_CHILDREN_HOOK)
+
+
+def test_keras_hands_the_optimizer_a_store_that_reaches_the_state_group(tmp_path: Path) -> None:
+    """The store handed to load_own_variables can be pointed at the state's group and back."""
+    model = make_model()
+    model.compile(IntrospectableSGD(SCHEDULE, momentum=0.9), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    model.save_weights(tmp_path / "m.weights.h5")
+    from keras.src.saving import saving_lib
+
+    store = saving_lib.H5IOStore(tmp_path / "m.weights.h5", mode="r")
+    try:
+        store.get("optimizer")
+        group = _keras_private.read_child_group(store, "_introspection_state")
+        assert sorted(group) == ["applied_learning_rate", "update_count"]
+        assert len(store.keys()) == len(model.optimizer._plain_variables())
+    finally:
+        store.close()
+
+
+def test_the_model_that_trains_an_optimizer_is_found_on_the_stack() -> None:
+    """owning_model finds a built model holding the optimizer, also behind loss scaling."""
+    model = make_model()
+    optimizer = IntrospectableSGD(0.1)
+    model.compile(keras.optimizers.LossScaleOptimizer(optimizer), loss="mse")
+
+    def deeper() -> object:
+        return _keras_private.owning_model(optimizer)
+
+    assert deeper() is model
+    assert _keras_private.owning_model(IntrospectableSGD(0.1)) is None
 
 
 def test_hook_runs_once_per_applied_update_only() -> None:

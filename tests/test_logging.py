@@ -15,7 +15,7 @@ import pytest
 from helpers import make_data, make_model, schedule_value
 
 import introspect_opt
-from introspect_opt import IntrospectableSGD, LearningRateLogger
+from introspect_opt import IntrospectableSGD, LearningRateLogger, RateHistoryToTensorBoard
 
 # The torch backend runs one step per call.
 SPE = 1 if keras.backend.backend() == "torch" else None
@@ -112,9 +112,11 @@ def test_every_step_reaches_tensorboard_with_steps_per_execution_32(tmp_path: Pa
     """With steps_per_execution=32 every update's rate lands in TensorBoard at its own step."""
     model = compiled(steps_per_execution=32)
     x, y = make_data(64 * 8)
-    logger = LearningRateLogger("batch", every_step=True, log_dir=tmp_path)
+    board = RateHistoryToTensorBoard(tmp_path, interval="batch")
     keras_tb = keras.callbacks.TensorBoard(log_dir=str(tmp_path))
-    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[logger, keras_tb])
+    model.fit(
+        x, y, batch_size=8, epochs=2, verbose=0, callbacks=[LearningRateLogger(), board, keras_tb]
+    )
     scalars = _event_scalars(tmp_path)
     steps = sorted(scalars["sgd/learning_rate"])
     assert [s for s, _ in steps] == list(range(1, 129))  # each update exactly once
@@ -130,7 +132,7 @@ def test_history_too_small_warns_and_logs_what_it_has(tmp_path: Path) -> None:
     """A buffer smaller than the steps between reads says so, and loses nothing else."""
     model = compiled()
     # Read every 8 steps, i.e. only at the end of the 6-step epoch.
-    logger = LearningRateLogger(8, every_step=True, history_size=4, log_dir=tmp_path)
+    logger = RateHistoryToTensorBoard(tmp_path, interval=8, history_size=4)
     with pytest.warns(UserWarning, match="history_size"):
         fit(model, [logger], epochs=1)
     steps = [s for s, _ in _event_scalars(tmp_path)["sgd/learning_rate"]]
@@ -188,12 +190,6 @@ def test_several_optimizers_get_distinct_keys() -> None:
         ({"interval": 0}, "received 0"),
         ({"interval": True}, "received True"),
         ({"hyperparameters": ("learning_rate",)}, "other than learning_rate"),
-        ({"every_step": True}, "pass log_dir="),
-        (
-            {"every_step": True, "log_dir": "x", "history_size": 0},
-            "history_size must be a positive int",
-        ),
-        ({"history_size": 8}, "only used with every_step=True"),
         ({"diagnostics": "yes"}, "diagnostics must be True or False"),
         ({"optimizers": {}}, "non-empty dict"),
     ],
@@ -202,6 +198,29 @@ def test_bad_arguments_are_refused_in_init(kwargs: dict[str, Any], message: str)
     """Invalid arguments fail in __init__ with what was received and what is valid."""
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         LearningRateLogger(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"log_dir": ""}, "log_dir must be a directory path"),
+        ({"log_dir": "x", "history_size": 0}, "history_size must be a positive int"),
+        ({"log_dir": "x", "interval": "step"}, "interval must be"),
+        ({"log_dir": "x", "optimizers": {"g": keras.optimizers.Adam()}}, "introspectable"),
+    ],
+)
+def test_bad_tensorboard_arguments_are_refused_in_init(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    """RateHistoryToTensorBoard checks its arguments in __init__."""
+    with pytest.raises((ValueError, TypeError), match=message):
+        RateHistoryToTensorBoard(**kwargs)
+
+
+def test_moved_arguments_say_where_they_went() -> None:
+    """every_step/log_dir/history_size of 0.1 name the callback that has them now."""
+    with pytest.raises(TypeError, match=r"every_step, log_dir.*RateHistoryToTensorBoard"):
+        LearningRateLogger("batch", every_step=True, log_dir="logs")  # type: ignore[call-arg]
 
 
 def test_unknown_hyperparameter_lists_valid_names() -> None:
@@ -238,8 +257,8 @@ def test_rate_history_reader_through_a_model() -> None:
 def test_a_later_fit_that_reads_less_often_grows_the_buffer(tmp_path: Path) -> None:
     """A second fit with a longer read interval resizes the history; no update is lost."""
     model = compiled(steps_per_execution=2)
-    fit(model, [LearningRateLogger("batch", every_step=True, log_dir=tmp_path)], epochs=1)
-    logger = LearningRateLogger(6, every_step=True, log_dir=tmp_path)
+    fit(model, [RateHistoryToTensorBoard(tmp_path, interval="batch")], epochs=1)
+    logger = RateHistoryToTensorBoard(tmp_path, interval=6)
     fit(model, [logger], epochs=2)
     steps = sorted(s for s, _ in _event_scalars(tmp_path)["sgd/learning_rate"])
     assert steps == list(range(1, 19))  # 6 + 12 updates, each once
@@ -248,7 +267,7 @@ def test_a_later_fit_that_reads_less_often_grows_the_buffer(tmp_path: Path) -> N
 def test_interval_not_a_multiple_of_steps_per_execution_loses_nothing(tmp_path: Path) -> None:
     """The default history covers the widest gap between reads (N + spe - 1 steps)."""
     model = compiled(steps_per_execution=4)
-    logger = LearningRateLogger(6, every_step=True, log_dir=tmp_path)
+    logger = RateHistoryToTensorBoard(tmp_path, interval=6)
     fit(model, [logger], epochs=2)
     steps = sorted(s for s, _ in _event_scalars(tmp_path)["sgd/learning_rate"])
     assert steps == list(range(1, 13))
@@ -276,23 +295,34 @@ def test_epoch_logs_count_skipped_steps_over_the_epoch() -> None:
     assert per_batch >= 2
 
 
-def test_tensorboard_gets_each_scalar_once_per_step(tmp_path: Path) -> None:
-    """An epoch's end and its last batch read the same step: written once."""
+def test_tensorboard_gets_each_rate_once_per_step(tmp_path: Path) -> None:
+    """An epoch's end reads the step its last batch read: each rate is written once."""
     model = compiled()
-    fit(model, [LearningRateLogger(3, hyperparameters="momentum", log_dir=tmp_path)], epochs=2)
-    steps = [s for s, _ in _event_scalars(tmp_path)["sgd/momentum"]]
-    assert steps == [3, 6, 9, 12]
+    fit(model, [RateHistoryToTensorBoard(tmp_path, interval=3)], epochs=2)
+    steps = [s for s, _ in _event_scalars(tmp_path)["sgd/learning_rate"]]
+    assert steps == list(range(1, 13))
+
+
+def test_keras_tensorboard_writes_the_logged_keys_per_batch(tmp_path: Path) -> None:
+    """Keras's TensorBoard(update_freq=N) writes the logger's batch-level keys."""
+    model = compiled()
+    logger = LearningRateLogger(3, hyperparameters="momentum")
+    board = keras.callbacks.TensorBoard(log_dir=str(tmp_path), update_freq=3)
+    fit(model, [logger, board], epochs=1)
+    scalars = _event_scalars(tmp_path)
+    rates = [v for _, v in sorted(scalars["batch_sgd/learning_rate"])]
+    assert rates and all(r in {float(schedule_value(STAIRS, s)) for s in range(6)} for r in rates)
 
 
 def test_labels_keep_names_users_chose() -> None:
     """A name you gave is the label as it is; Keras's counter on default names is dropped."""
-    from introspect_opt._callbacks import _label
+    from introspect_opt._callbacks import label
 
-    assert _label(introspect_opt.IntrospectableAdam(name="adam_2")) == "adam_2"
+    assert label(introspect_opt.IntrospectableAdam(name="adam_2")) == "adam_2"
     introspect_opt.IntrospectableAdam()
     assert introspect_opt.IntrospectableAdam().name == "adam_1"
-    assert _label(introspect_opt.IntrospectableAdam()) == "adam"
-    assert _label(introspect_opt.introspect(keras.optimizers.Adam())) == "adam"
+    assert label(introspect_opt.IntrospectableAdam()) == "adam"
+    assert label(introspect_opt.introspect(keras.optimizers.Adam())) == "adam"
 
 
 def test_numpy_numbers_and_none_are_accepted() -> None:
@@ -315,7 +345,7 @@ def test_epoch_reads_cover_blocks_that_run_past_the_declared_epoch(tmp_path: Pat
     """Keras runs whole blocks of steps: the default history covers them, nothing lost."""
     model = compiled(steps_per_execution=4)
     x, y = make_data(8 * 40)
-    logger = LearningRateLogger(every_step=True, log_dir=tmp_path)
+    logger = RateHistoryToTensorBoard(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         model.fit(x, y, batch_size=8, steps_per_epoch=6, epochs=2, verbose=0, callbacks=[logger])

@@ -67,8 +67,8 @@ def test_checkpoint_round_trip_into_built_optimizer(tmp_path: Path) -> None:
 
 
 @pytest.mark.tf_only
-def test_checkpoint_deferred_restoration_into_unbuilt_optimizer(tmp_path: Path) -> None:
-    """Restored before the optimizer exists, the values arrive when fit builds it."""
+def test_checkpoint_restore_into_unbuilt_optimizer_builds_it(tmp_path: Path) -> None:
+    """Restored before the optimizer is built, it is built for its model and restored at once."""
     model = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9), steps=5)
     path = tf.train.Checkpoint(model=model, optimizer=model.optimizer).save(tmp_path / "ck")
     reference = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9), steps=5)
@@ -76,8 +76,10 @@ def test_checkpoint_deferred_restoration_into_unbuilt_optimizer(tmp_path: Path) 
     fresh_model = make_model(seed=3)
     fresh = IntrospectableSGD(SCHEDULE, momentum=0.9)
     fresh_model.compile(fresh, loss="mse")
-    status = tf.train.Checkpoint(model=fresh_model, optimizer=fresh).restore(path)
     assert not fresh.built
+    status = tf.train.Checkpoint(model=fresh_model, optimizer=fresh).restore(path)
+    assert fresh.built and int(fresh.iterations) == 5
+    status.assert_consumed()
     x, y = make_data(16, seed=5)
     fresh_model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
     reference.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
@@ -169,8 +171,8 @@ def test_weights_into_built_introspectable(tmp_path: Path, fmt: str) -> None:
     _assert_restored(model.optimizer, restored.optimizer)
 
 
-def test_weights_into_unbuilt_optimizer_are_applied_at_build(tmp_path: Path) -> None:
-    """compile, load_weights, fit: the state is kept until fit builds the optimizer."""
+def test_weights_into_unbuilt_optimizer_build_it_for_its_model(tmp_path: Path) -> None:
+    """compile, load_weights, fit: the optimizer is built at the load and restored in full."""
     model = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9), steps=4)
     model.save_weights(tmp_path / "m.weights.h5")
     reference = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9), steps=4)
@@ -178,7 +180,8 @@ def test_weights_into_unbuilt_optimizer_are_applied_at_build(tmp_path: Path) -> 
     fresh = IntrospectableSGD(SCHEDULE, momentum=0.9)
     restored = _compiled(fresh, built=False)
     restored.load_weights(tmp_path / "m.weights.h5")
-    assert not fresh.built
+    assert fresh.built
+    _assert_restored(model.optimizer, fresh)
     x, y = make_data(16, seed=4)
     for m in (restored, reference):
         m.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
@@ -325,60 +328,43 @@ def test_skip_mismatch_keeps_its_meaning(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a, b)
 
 
-def test_deferred_mismatch_in_other_layers_is_skipped_at_build(tmp_path: Path) -> None:
-    """skip_mismatch=True over a different model: slots checked at build, skipped, rolled back."""
+def test_mismatch_into_an_unbuilt_optimizer_is_found_at_the_load(tmp_path: Path) -> None:
+    """Slots for other layers: built for its model, the load raises, no value changes."""
     model = _trained(keras.optimizers.SGD(SCHEDULE, momentum=0.9), steps=3)
     model.save_weights(tmp_path / "m.weights.h5")
     bigger = make_model(seed=1, hidden=4)
     optimizer = IntrospectableSGD(SCHEDULE, momentum=0.9)
     bigger.compile(optimizer, loss="mse")
-    with pytest.warns(UserWarning, match="could not be loaded"):  # the layers differ
+    with pytest.warns(UserWarning, match="could not be loaded"):  # layers and optimizer
         bigger.load_weights(tmp_path / "m.weights.h5", skip_mismatch=True)
-    assert int(optimizer.iterations) == 3  # restored at once, slots wait for build
-    with pytest.warns(UserWarning, match=r"m\.weights\.h5.*has shape \(8, 4\).*\(8, 16\)"):
-        optimizer.build(bigger.trainable_variables)
     assert int(optimizer.iterations) == 0
+    assert not any(slot.any() for slot in optimizer_state(optimizer)[2:])
 
 
-def test_deferred_mismatch_raises_at_build_and_rolls_back(tmp_path: Path) -> None:
-    """Without skip_mismatch a deferred mismatch is an error at build; nothing stays half-loaded."""
+def test_mismatch_of_the_optimizer_config_raises_at_the_load(tmp_path: Path) -> None:
+    """Same layers, other slots (EMA): the load raises and leaves the optimizer as it was."""
     model = _trained(keras.optimizers.SGD(SCHEDULE, momentum=0.9), steps=3)
     model.save_weights(tmp_path / "m.weights.h5")
-    # Same layers, so Keras loads them; the optimizer differs in its slots.
     target = make_model(seed=0)
     optimizer = IntrospectableSGD(SCHEDULE, momentum=0.9, use_ema=True)
     target.compile(optimizer, loss="mse")
-    target.load_weights(tmp_path / "m.weights.h5")
-    assert int(optimizer.iterations) == 3
-    with pytest.raises(ValueError, match=r"m\.weights\.h5.*could only be checked now"):
-        optimizer.build(target.trainable_variables)
+    with pytest.raises(
+        ValueError, match=r"(?s)m\.weights\.h5.*holds 5 optimizer variables, this optimizer has 9"
+    ):
+        target.load_weights(tmp_path / "m.weights.h5")
     assert int(optimizer.iterations) == 0
+    assert bits(optimizer.current_learning_rate) == bits(SCHEDULE(0))
 
 
-def test_deferred_mismatch_with_skip_mismatch_warns_at_build(tmp_path: Path) -> None:
-    """skip_mismatch=True keeps its meaning for state checked only at build."""
-    model = _trained(keras.optimizers.Adam(0.01), steps=3)
-    model.save_weights(tmp_path / "adam.weights.h5")
-    target = make_model(seed=0)
-    optimizer = IntrospectableSGD(SCHEDULE, momentum=0.9)
-    target.compile(optimizer, loss="mse")
-    target.load_weights(tmp_path / "adam.weights.h5", skip_mismatch=True)
-    x, y = make_data(16)
-    with pytest.warns(UserWarning, match=r"adam\.weights\.h5.*skip_mismatch=True.*skipped"):
-        target.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    assert int(optimizer.iterations) == 2  # started fresh
-    for a, b in zip(model.get_weights(), make_model(seed=0).get_weights(), strict=True):
-        assert a.shape == b.shape
-
-
-def test_state_loaded_before_build_is_visible_and_saved_again(tmp_path: Path) -> None:
-    """Before build: iterations and the exact rate show; saving keeps the slots."""
+def test_state_loaded_into_an_unbuilt_optimizer_is_visible_and_saved_again(
+    tmp_path: Path,
+) -> None:
+    """After the load: iterations and the exact rate show; saving keeps the slots."""
     model = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9), steps=4)
     model.save_weights(tmp_path / "a.weights.h5")
     optimizer = IntrospectableSGD(SCHEDULE, momentum=0.9)
     unbuilt = _compiled(optimizer, built=False)
     unbuilt.load_weights(tmp_path / "a.weights.h5")
-    assert not optimizer.built
     assert int(optimizer.iterations) == 4
     assert bits(optimizer.current_learning_rate) == bits(model.optimizer.current_learning_rate)
     unbuilt.save_weights(tmp_path / "b.weights.h5")
@@ -387,21 +373,17 @@ def test_state_loaded_before_build_is_visible_and_saved_again(tmp_path: Path) ->
     _assert_restored(model.optimizer, again.optimizer)
 
 
-def test_newer_load_supersedes_state_kept_for_build(tmp_path: Path) -> None:
-    """A second load before build wins over the first one's kept slots."""
-    trained = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9), steps=4)
-    trained.save_weights(tmp_path / "trained.weights.h5")
+def test_a_file_saved_before_build_does_not_load_over_trained_state(tmp_path: Path) -> None:
+    """A step-0 file without slots into an optimizer that trained: an error, nothing changed."""
     fresh = make_model(seed=0)
     fresh.compile(IntrospectableSGD(SCHEDULE, momentum=0.9), loss="mse")
     fresh.save_weights(tmp_path / "fresh.weights.h5")  # saved before any build
-    optimizer = IntrospectableSGD(SCHEDULE, momentum=0.9)
-    target = _compiled(optimizer, built=False)
-    target.load_weights(tmp_path / "trained.weights.h5")
-    target.load_weights(tmp_path / "fresh.weights.h5")
-    optimizer.build(target.trainable_variables)
-    assert int(optimizer.iterations) == 0
-    for slot in optimizer_state(optimizer)[1:]:
-        assert not slot.any()
+    trained = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9), steps=4)
+    before = optimizer_state(trained.optimizer)
+    with pytest.raises(ValueError, match="holds 1 optimizer variables, this optimizer has 5"):
+        trained.load_weights(tmp_path / "fresh.weights.h5")
+    for a, b in zip(before, optimizer_state(trained.optimizer), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("kwargs", [dict(momentum=0.9), dict(use_ema=True), dict()])

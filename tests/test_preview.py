@@ -1,4 +1,4 @@
-"""applied_learning_rates() and plot_learning_rate(): the schedule preview."""
+"""preview_learning_rates() and plot_learning_rate(): the schedule preview."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def test_every_builtin_schedule_is_covered() -> None:
 def test_builtin_schedule_matches_per_step_calls(name: str) -> None:
     """For every built-in schedule, update n previews schedule(n-1) (n=0: schedule(0))."""
     schedule = BUILTIN_SCHEDULES[name]
-    preview = introspect_opt.applied_learning_rates(schedule, ITERATIONS)
+    preview = introspect_opt.preview_learning_rates(schedule, ITERATIONS)
     expected = np.array([per_step(schedule, max(n - 1, 0)) for n in ITERATIONS])
     assert preview.dtype == np.float32 and preview.shape == ITERATIONS.shape
     if name in EXACT:
@@ -115,7 +115,7 @@ def test_preview_equals_current_learning_rate_during_fit() -> None:
             )
         )
     )
-    before = introspect_opt.applied_learning_rates(model.optimizer, [0])
+    before = introspect_opt.preview_learning_rates(model.optimizer, [0])
     assert before[0] == np.float32(
         keras.ops.convert_to_numpy(model.optimizer.current_learning_rate)
     )
@@ -123,7 +123,7 @@ def test_preview_equals_current_learning_rate_during_fit() -> None:
     counts = np.array([count for count, _ in seen])
     observed = np.array([rate for _, rate in seen], np.float32)
     np.testing.assert_array_equal(counts, np.arange(1, 11))
-    preview = introspect_opt.applied_learning_rates(model, counts)
+    preview = introspect_opt.preview_learning_rates(model, counts)
     # The train step evaluates cos inside a compiled function, the preview in
     # vectorised kernels: measured up to 1.25 ulps of the peak rate apart.
     assert peak_ulps(preview, observed) <= 8, (preview, observed)
@@ -134,7 +134,7 @@ def test_preview_with_gradient_accumulation_equals_applied_rates() -> None:
     schedule = SCHEDULES.ExponentialDecay(0.1, decay_steps=1, decay_rate=0.9)
     optimizer = introspect_opt.IntrospectableSGD(schedule, gradient_accumulation_steps=3)
     weights = keras.Variable(np.ones(2, "float32"))
-    assert introspect_opt.applied_learning_rates(optimizer, [0])[0] == per_step(schedule, 2)
+    assert introspect_opt.preview_learning_rates(optimizer, [0])[0] == per_step(schedule, 2)
     seen = {}
     for _ in range(9):
         optimizer.apply_gradients([(keras.ops.ones((2,)), weights)])
@@ -143,7 +143,7 @@ def test_preview_with_gradient_accumulation_equals_applied_rates() -> None:
         )
     assert sorted(seen) == [0, 1, 2, 3]
     updates = np.array(sorted(seen))
-    preview = introspect_opt.applied_learning_rates(optimizer, updates)
+    preview = introspect_opt.preview_learning_rates(optimizer, updates)
     observed = np.array([seen[n] for n in updates])
     np.testing.assert_array_equal(preview, observed)
     np.testing.assert_array_equal(
@@ -156,10 +156,10 @@ def test_preview_includes_the_plateau_multiplier() -> None:
     schedule = SCHEDULES.PiecewiseConstantDecay([3], [0.1, 0.02])
     optimizer = introspect_opt.IntrospectableSGD(schedule)
     weights = keras.Variable(np.ones(2, "float32"))
-    _plateau.enable_multiplier(optimizer)
     optimizer.build([weights])
+    optimizer._ensure_introspection_state().enable(optimizer, _plateau.MULTIPLIER.name)
     _plateau.set_multiplier(optimizer, 0.5)
-    preview = introspect_opt.applied_learning_rates(optimizer, [1, 2, 3, 4, 5])
+    preview = introspect_opt.preview_learning_rates(optimizer, [1, 2, 3, 4, 5])
     np.testing.assert_array_equal(preview, np.float32([0.1, 0.1, 0.1, 0.1, 0.02]) * np.float32(0.5))
     for n in range(1, 6):
         optimizer.apply_gradients([(keras.ops.ones((2,)), weights)])
@@ -170,16 +170,16 @@ def test_preview_includes_the_plateau_multiplier() -> None:
 def test_float_rate_callable_and_wrappers() -> None:
     """A float rate, a callable rate, a LossScaleOptimizer and a bare float preview as constants."""
     np.testing.assert_array_equal(
-        introspect_opt.applied_learning_rates(introspect_opt.IntrospectableAdam(0.25), [0, 7]),
+        introspect_opt.preview_learning_rates(introspect_opt.IntrospectableAdam(0.25), [0, 7]),
         np.float32([0.25, 0.25]),
     )
     adam = introspect_opt.IntrospectableAdam(lambda: 0.125)
-    np.testing.assert_array_equal(introspect_opt.applied_learning_rates(adam, [3]), [0.125])
+    np.testing.assert_array_equal(introspect_opt.preview_learning_rates(adam, [3]), [0.125])
     wrapped = keras.optimizers.LossScaleOptimizer(introspect_opt.IntrospectableSGD(0.5))
-    np.testing.assert_array_equal(introspect_opt.applied_learning_rates(wrapped, [2]), [0.5])
-    out = introspect_opt.applied_learning_rates(0.01, [[0, 1], [2, 3]])
+    np.testing.assert_array_equal(introspect_opt.preview_learning_rates(wrapped, [2]), [0.5])
+    out = introspect_opt.preview_learning_rates(0.01, [[0, 1], [2, 3]])
     assert out.shape == (2, 2) and np.all(out == np.float32(0.01))
-    assert introspect_opt.applied_learning_rates(0.01, []).shape == (0,)
+    assert introspect_opt.preview_learning_rates(0.01, []).shape == (0,)
 
 
 class SumSchedule(SCHEDULES.LearningRateSchedule):
@@ -210,7 +210,7 @@ class PythonBranchSchedule(SCHEDULES.LearningRateSchedule):
 def test_schedules_that_are_not_elementwise_are_evaluated_per_step(schedule: Any) -> None:
     """Wrong-shaped, wrong-valued or failing vectorised calls fall back to per-step values."""
     iterations = np.array([9, 1, 5, 0, 3])
-    preview = introspect_opt.applied_learning_rates(schedule, iterations)
+    preview = introspect_opt.preview_learning_rates(schedule, iterations)
     expected = np.array([per_step(schedule, max(n - 1, 0), compiled=False) for n in iterations])
     np.testing.assert_array_equal(preview, expected)
 
@@ -218,14 +218,14 @@ def test_schedules_that_are_not_elementwise_are_evaluated_per_step(schedule: Any
 def test_iterations_as_range_tensor_and_variable() -> None:
     """range, a backend tensor and optimizer.iterations itself are accepted."""
     schedule = BUILTIN_SCHEDULES["ExponentialDecay"]
-    expected = introspect_opt.applied_learning_rates(schedule, np.arange(4))
+    expected = introspect_opt.preview_learning_rates(schedule, np.arange(4))
     np.testing.assert_array_equal(
-        introspect_opt.applied_learning_rates(schedule, range(4)), expected
+        introspect_opt.preview_learning_rates(schedule, range(4)), expected
     )
     tensor = keras.ops.convert_to_tensor(np.arange(4))
-    np.testing.assert_array_equal(introspect_opt.applied_learning_rates(schedule, tensor), expected)
+    np.testing.assert_array_equal(introspect_opt.preview_learning_rates(schedule, tensor), expected)
     optimizer = introspect_opt.IntrospectableSGD(schedule)
-    assert introspect_opt.applied_learning_rates(optimizer, optimizer.iterations).shape == ()
+    assert introspect_opt.preview_learning_rates(optimizer, optimizer.iterations).shape == ()
 
 
 @pytest.mark.parametrize(
@@ -234,13 +234,13 @@ def test_iterations_as_range_tensor_and_variable() -> None:
         (
             [3, -1],
             ValueError,
-            "applied_learning_rates() expects iterations >= 0 (0 = before the first "
+            "preview_learning_rates() expects iterations >= 0 (0 = before the first "
             "update); received -1 at position 1.",
         ),
         (
             [1.5, 2.0],
             TypeError,
-            "applied_learning_rates() expects iterations to be integers (values of "
+            "preview_learning_rates() expects iterations to be integers (values of "
             "optimizer.iterations, the number of updates applied); received [1.5, 2.0] "
             "(type builtins.list) with dtype float64. Pass e.g. np.arange(1000), a list "
             "of ints, or cast with .astype(int).",
@@ -248,7 +248,7 @@ def test_iterations_as_range_tensor_and_variable() -> None:
         (
             True,
             TypeError,
-            "applied_learning_rates() expects iterations to be integers (values of "
+            "preview_learning_rates() expects iterations to be integers (values of "
             "optimizer.iterations, the number of updates applied); received True "
             "(type builtins.bool) with dtype bool. Pass e.g. np.arange(1000), a list "
             "of ints, or cast with .astype(int).",
@@ -258,26 +258,26 @@ def test_iterations_as_range_tensor_and_variable() -> None:
 def test_bad_iterations_are_refused(iterations: Any, error: type, message: str) -> None:
     """Negative, fractional and boolean iterations raise errors that say what is valid."""
     with pytest.raises(error) as caught:
-        introspect_opt.applied_learning_rates(0.1, iterations)
+        introspect_opt.preview_learning_rates(0.1, iterations)
     assert str(caught.value) == message
 
 
 def test_bad_sources_are_refused() -> None:
     """A string, a class, or a model without optimizer raise errors that name the fix."""
     with pytest.raises(TypeError) as caught:
-        introspect_opt.applied_learning_rates("sgd", [1])
+        introspect_opt.preview_learning_rates("sgd", [1])
     assert str(caught.value) == (
-        "applied_learning_rates() expects source to be a Keras optimizer, a compiled "
+        "preview_learning_rates() expects source to be a Keras optimizer, a compiled "
         "model, a keras.optimizers.schedules.LearningRateSchedule or a float; received "
         "'sgd' (type builtins.str)."
     )
     with pytest.raises(TypeError, match=r"received <class 'keras\.src\.optimizers\.sgd\.SGD'>"):
-        introspect_opt.applied_learning_rates(keras.optimizers.SGD, [1])
+        introspect_opt.preview_learning_rates(keras.optimizers.SGD, [1])
     model = make_model()
     with pytest.raises(ValueError) as caught:
-        introspect_opt.applied_learning_rates(model, [1])
+        introspect_opt.preview_learning_rates(model, [1])
     assert str(caught.value) == (
-        f"applied_learning_rates() received as source the model {model.name!r}, which has "
+        f"preview_learning_rates() received as source the model {model.name!r}, which has "
         "no optimizer: compile it first, or pass the optimizer or schedule."
     )
 
@@ -356,4 +356,5 @@ def test_plot_without_matplotlib_says_how_to_install_it(
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError) as caught:
         introspect_opt.plot_learning_rate(0.1, tmp_path / "x.png")
-    assert 'pip install "introspect-opt[plot]"' in str(caught.value)
+    assert 'pip install ".[plot]"' in str(caught.value)
+    assert "pip install matplotlib" in str(caught.value)

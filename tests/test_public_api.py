@@ -13,7 +13,7 @@ import keras
 import pytest
 
 import introspect_opt
-from introspect_opt import _mechanism
+from introspect_opt import _mixin
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,6 +22,7 @@ def test_all_lists_exactly_the_public_names() -> None:
     """__all__ matches what the package exports without an underscore."""
     public = {name for name in vars(introspect_opt) if not name.startswith("_")}
     assert set(introspect_opt.__all__) == public - {"annotations"}
+    assert "tf_keras" not in public or introspect_opt.tf_keras.__name__ == "introspect_opt.tf_keras"
     assert introspect_opt.__all__ == sorted(introspect_opt.__all__)
 
 
@@ -70,7 +71,7 @@ def test_py_typed_is_shipped() -> None:
 @pytest.mark.parametrize(
     "obj",
     [getattr(introspect_opt, name) for name in introspect_opt.__all__]
-    + [_mechanism.IntrospectionMixin],
+    + [_mixin.IntrospectionMixin],
     ids=lambda o: o.__name__,
 )
 def test_docstring_examples_run(obj: object) -> None:
@@ -102,4 +103,4 @@ def test_every_public_name_has_an_example_and_an_api_entry() -> None:
         # A Google-style "Examples:" section, indented: mkdocstrings renders it
         # as code; anything else turns the ">>>" lines into nested block quotes.
         assert re.search(r"^( *)Examples:\n\1    >>> ", obj.__doc__ or "", re.MULTILINE), name
-    assert ">>> " in (_mechanism.IntrospectionMixin.current_learning_rate.__doc__ or "")
+    assert ">>> " in (_mixin.IntrospectionMixin.current_learning_rate.__doc__ or "")

@@ -1,28 +1,30 @@
-"""The per-step mechanism shared by every introspectable optimizer.
+"""The mixin that makes a Keras optimizer introspectable: the cache, and nothing else.
 
-One mixin, placed before a Keras optimizer class in the bases, adds:
+Placed before a Keras optimizer class in the bases, it:
 
-* at build: the cached-rate state (two scalar variables, see ``_state``);
-* on every applied update: one write of the learning rate Keras passed to
-  ``update_step`` (and the update count it belongs to), on the device;
-* ``current_learning_rate``: a snapshot of that value, or, while no update has
-  been applied or after a file restored ``iterations`` without the cache, the
-  value derived from the schedule so that the contract still holds;
-* strict loading of ``.keras`` / ``.weights.h5`` optimizer state.
+* creates the cached-rate state when the optimizer is built (``_state``);
+* writes, on every applied update, the learning rate Keras passed to
+  ``update_step`` and the update count it belongs to (two scalar writes on the
+  device), then hands the update to the state's opt-in features;
+* reads it back as ``current_learning_rate`` (a snapshot; before any update,
+  or after a file restored ``iterations`` without the cache, the value derived
+  from the schedule so that the contract still holds);
+* saves and loads it, all or nothing (``_persistence``).
+
+Every Keras method it overrides is named in ``_keras_private``.
 """
 
 from __future__ import annotations
 
 import inspect
-import weakref
 from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 from keras import ops
 
-from . import _diagnostics, _keras_private, _persistence
-from ._state import AppliedRateState
+from . import _keras_private, _persistence
+from ._state import AppliedRateState, Update
 
 if TYPE_CHECKING:
     from keras.optimizers import Optimizer as _OptimizerBase
@@ -131,11 +133,9 @@ class IntrospectionMixin(_OptimizerBase):
         reduced = super().__reduce__()
         if base is None:
             return reduced
-        from . import _factory
-
         # Keras pickles through `type(self)._unpickle_model`, found by class
         # name; a class made by `introspectable()` is found through its base.
-        return (_factory.unpickle, (base, *reduced[1]))
+        return (_unpickle, (base, *reduced[1]))
 
     @property
     def variables(self) -> list[Any]:
@@ -157,8 +157,7 @@ class IntrospectionMixin(_OptimizerBase):
         """
         state = self.__dict__.get("_introspection_state")
         if state is None:
-            state = AppliedRateState()
-            state.owner = weakref.ref(self)
+            state = AppliedRateState(self)
             # Attribute assignment makes it a named tf.train.Checkpoint
             # dependency (restored even when attached after `restore()`) and
             # a group of its own in .keras / .weights.h5 files.
@@ -193,15 +192,18 @@ class IntrospectionMixin(_OptimizerBase):
         """
         state = self.__dict__.get("_introspection_state")
         count = self.iterations
-        if state is None or not state.has_variables:
+        core = None if state is None else state.core()
+        if core is None:
             # Not built yet: the rate a loaded file recorded, if it belongs to
             # the restored step counter, else the rate derived from it.
-            pending = None if state is None else state.pending_rate(count)
+            pending = None
+            if state is not None and not _keras_private.is_traced(count):
+                pending = _persistence.pending_rate(state, count)
             value = self._derived_rate(count) if pending is None else pending
             return ops.copy(ops.cast(value, rate_dtype(self, value)))
-        rate_var = state.applied_learning_rate
-        count = ops.cast(count, state.update_count.dtype)
-        cached = ops.equal(state.update_count, count)
+        rate_var, count_var = core
+        count = ops.cast(count, count_var.dtype)
+        cached = ops.equal(count_var, count)
 
         def read_cache() -> Any:
             return ops.copy(rate_var)
@@ -227,75 +229,37 @@ class IntrospectionMixin(_OptimizerBase):
             ops.subtract(ops.multiply(update_count, k), 1),
             ops.cast(k - 1, counter_dtype),
         )
-        return self._scaled(_keras_private.learning_rate_at(self, step))
-
-    def _scaled(self, rate: Any) -> Any:
-        """``rate`` times the plateau multiplier, when there is one."""
-        state = self.__dict__.get("_introspection_state")
-        multiplier = None if state is None else state.learning_rate_multiplier
-        if multiplier is None:
-            return rate
-        rate = ops.convert_to_tensor(rate)
-        scale = ops.cast(multiplier, rate.dtype)
-        return ops.where(ops.equal(scale, 1), rate, ops.multiply(rate, scale))
-
-    @property
-    def learning_rate(self) -> Any:
-        """The rate the next update will apply (Keras's), plateau multiplier included."""
-        return self._get_current_learning_rate()
-
-    @learning_rate.setter
-    def learning_rate(self, value: Any) -> None:
-        # Callbacks (LearningRateScheduler, ReduceLROnPlateau, `lambda epoch,
-        # lr: ...`) read the rate and set a new one: both speak of the rate
-        # as applied, multiplier included, so the variable holds value / m.
-        # Without this, setting back what was read would apply m twice.
-        state = self.__dict__.get("_introspection_state")
-        multiplier = None if state is None else state.learning_rate_multiplier
-        is_number = not callable(value) or isinstance(value, keras.Variable)
-        if multiplier is not None and is_number:
-            scale = float(np.asarray(ops.convert_to_numpy(multiplier)))
-            if scale not in (0.0, 1.0):
-                value = float(np.asarray(ops.convert_to_numpy(value))) / scale
-        _keras_private.set_learning_rate(self, value)
-
-    def _get_current_learning_rate(self) -> Any:
-        # The rate every user of `self.learning_rate` sees (update_step, weight
-        # decay, Keras's own logs) includes the plateau multiplier, if any.
-        # See _keras_private.CURRENT_RATE_HOOK.
-        return self._scaled(super()._get_current_learning_rate())
+        return _keras_private.learning_rate_at(self, step)
 
     def build(self, variables: Any) -> None:
         if self.built:
             return
-        super().build(variables)
-        state = self._ensure_introspection_state()
-        if not state.has_variables:
+        self.__dict__["_introspect_building"] = True
+        try:
+            super().build(variables)
+            state = self._ensure_introspection_state()
             state.create_variables(self, rate_dtype(self, self.learning_rate))
+        finally:
+            self.__dict__["_introspect_building"] = False
         _persistence.apply_pending(self, state)
 
     def apply(self, grads: Any, trainable_variables: Any = None) -> Any:
         # Before Keras changes anything (weight decay comes first).
         _refuse_foreign_strategy(self)
+        if trainable_variables is not None and not getattr(self, "built", False):
+            # As Keras's apply() would next, so that features created at build
+            # see this first update from its start too.
+            trainable_variables = list(trainable_variables)
+            with keras.name_scope(self.name, caller=self):
+                self.build(trainable_variables)
+            self.built = True
+        state = self.__dict__.get("_introspection_state")
+        if state is not None and state.active():
+            variables = (
+                self._trainable_variables if trainable_variables is None else trainable_variables
+            )
+            state.before_apply(self, list(grads), list(variables))
         return super().apply(grads, trainable_variables)
-
-    def _apply_weight_decay(self, variables: Any) -> None:
-        # Diagnostics measure the whole change an update makes, decoupled
-        # weight decay (applied just before _backend_update_step) included.
-        state = self.__dict__.get("_introspection_state")
-        if state is not None and state.gradient_norm is not None:
-            _diagnostics.snapshot_weights(self, variables)
-        super()._apply_weight_decay(variables)
-
-    def _all_reduce_sum_gradients(self, grads_and_vars: Any) -> Any:
-        # TensorFlow only: under a tf.distribute strategy the gradients reach
-        # _backend_update_step per replica and are summed here; the gradient
-        # norm must be that of the sum. (Never called on other backends.)
-        reduced = super()._all_reduce_sum_gradients(grads_and_vars)
-        state = self.__dict__.get("_introspection_state")
-        if state is not None and state.gradient_norm is not None:
-            _diagnostics.stash_gradients(self, [g for g, _ in reduced])
-        return reduced
 
     def _backend_update_step(
         self, grads: Any, trainable_variables: Any, learning_rate: Any
@@ -306,21 +270,39 @@ class IntrospectionMixin(_OptimizerBase):
         # variable in `optimizer.variables`, the cache included.)
         rate_dtype(self, learning_rate)  # a clear error before Keras's own
         state = self._ensure_introspection_state()
-        diagnose = state.gradient_norm is not None
-        if diagnose:
-            _diagnostics.stash_gradients(self, grads)
-            _diagnostics.snapshot_weights(self, trainable_variables, only_if_missing=True)
         super()._backend_update_step(grads, trainable_variables, learning_rate)
-        count_dtype = state.update_count.dtype
-        state.write(
-            ops.cast(learning_rate, state.applied_learning_rate.dtype),
-            ops.add(ops.cast(self.iterations, count_dtype), ops.cast(1, count_dtype)),
-        )
-        if diagnose:
-            _diagnostics.write(self, state, trainable_variables)
+        core = state.core()
+        if core is None:  # pragma: no cover - build() and introspect() create them
+            raise RuntimeError(
+                f"{type(self).__name__} '{self.name}' applied an update before its "
+                "introspection state existed; please report this with your Keras version."
+            )
+        rate_var, count_var = core
+        count = ops.add(ops.cast(self.iterations, count_var.dtype), ops.cast(1, count_var.dtype))
+        rate = ops.cast(learning_rate, rate_var.dtype)
+        state.record(self, Update(list(grads), list(trainable_variables), rate, count))
 
     def save_own_variables(self, store: Any) -> None:
-        _persistence.save_optimizer_variables(self, self._ensure_introspection_state(), store)
+        _persistence.save(self, self._ensure_introspection_state(), store)
 
     def load_own_variables(self, store: Any) -> None:
-        _persistence.load_optimizer_variables(self, self._ensure_introspection_state(), store)
+        _persistence.load(self, self._ensure_introspection_state(), store)
+
+    if keras.backend.backend() == "tensorflow":
+
+        def _trackable_children(self, save_type: str = "checkpoint", **kwargs: Any) -> Any:
+            # tf.train.Checkpoint lists an object's children before it restores
+            # or saves them (_keras_private.TF_CHILDREN_HOOK): an optimizer that
+            # is not built yet is built for its model first, so that restored
+            # slots never wait inside TensorFlow where a later save would miss
+            # them, and saved slots are there to save.
+            if not self.built and not self.__dict__.get("_introspect_building"):
+                _persistence.settle(self)
+            return super()._trackable_children(save_type, **kwargs)
+
+
+def _unpickle(optimizer_class: type, *args: Any) -> Any:
+    """Rebuilds a pickled instance of ``introspectable(optimizer_class)``."""
+    from ._factory import introspectable  # (the factory builds on this module)
+
+    return introspectable(optimizer_class)._unpickle_model(*args)  # type: ignore[attr-defined]
