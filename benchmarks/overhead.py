@@ -35,7 +35,7 @@ The logging tables (``--tables logging``) compare, under ``fit``:
   * ``sgd+tensorboard``: Keras's ``TensorBoard(update_freq="batch")``;
   * ``sgd+schedule-callback``: the per-batch recipe above;
 and, with ``steps_per_execution=32``, every step's rate to TensorBoard:
-  * ``introspectable+every-step``: ``LearningRateLogger(every_step=True)``, one
+  * ``introspectable+every-step``: ``RateHistoryToTensorBoard(log_dir)``, one
     read per epoch (the default interval);
   * ``introspectable+every-step-per-block``: the same, read after every block
     of 32 steps (``interval="batch"``).
@@ -61,7 +61,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from introspect_opt import IntrospectableSGD, LearningRateLogger
+from introspect_opt import IntrospectableSGD, LearningRateLogger, RateHistoryToTensorBoard
 
 BATCH = 64
 
@@ -119,9 +119,9 @@ def logging_callbacks(name: str, sched: Any, log_dir: str) -> list[Any]:
     if name == "introspectable+every-step":
         # The default interval: one read per epoch, every update's rate kept
         # on the device until then.
-        return [LearningRateLogger(every_step=True, log_dir=os.path.join(log_dir, "ours"))]
+        return [RateHistoryToTensorBoard(os.path.join(log_dir, "ours"))]
     if name == "introspectable+every-step-per-block":
-        return [LearningRateLogger("batch", every_step=True, log_dir=os.path.join(log_dir, "ours"))]
+        return [RateHistoryToTensorBoard(os.path.join(log_dir, "ours"), interval="batch")]
     if name == "sgd+empty-batch-callback":
         return [EmptyBatchCallback()]
     return []

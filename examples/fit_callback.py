@@ -3,12 +3,12 @@
 The usual callback computes ``float(schedule(optimizer.iterations))``: that is
 the rate of the *next* step, and it re-evaluates the schedule on the host.
 ``LearningRateLogger`` puts the rate the last update applied into the logs, so
-``History``, ``CSVLogger``, the progress bar and ``TensorBoard`` record it; with
-``every_step=True`` every update's rate reaches TensorBoard at its own step,
-although ``steps_per_execution=4`` runs Python only once per 4 steps.
+``History``, ``CSVLogger``, the progress bar and ``TensorBoard`` record it;
+``RateHistoryToTensorBoard`` sends every update's rate to TensorBoard at its own
+step, although ``steps_per_execution=4`` runs Python only once per 4 steps.
 
 Run: ``python examples/fit_callback.py`` (TensorBoard event files need the
-``tensorboard`` package: ``pip install "introspect-opt[tensorboard]"``).
+``tensorboard`` package: ``pip install tensorboard``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import keras
 import numpy as np
 
 import introspect_opt
-from introspect_opt import IntrospectableSGD, LearningRateLogger
+from introspect_opt import IntrospectableSGD, LearningRateLogger, RateHistoryToTensorBoard
 
 
 def main() -> None:
@@ -35,10 +35,9 @@ def main() -> None:
     steps_per_execution = 1 if keras.backend.backend() == "torch" else 4
     model.compile(IntrospectableSGD(schedule), loss="mse", steps_per_execution=steps_per_execution)
     with tempfile.TemporaryDirectory() as log_dir:
-        logger = LearningRateLogger(
-            "batch", hyperparameters=("momentum",), every_step=True, log_dir=log_dir
-        )
-        history = model.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[logger])
+        logger = LearningRateLogger("batch", hyperparameters=("momentum",))
+        board = RateHistoryToTensorBoard(log_dir, interval="batch")
+        history = model.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[logger, board])
     for epoch, rate in enumerate(history.history["sgd/learning_rate"]):
         last_step = 4 * (epoch + 1) - 1  # the counter value of the epoch's last update
         expected = float(schedule(last_step))

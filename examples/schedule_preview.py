@@ -1,21 +1,20 @@
 """Recipe: preview the whole schedule before training, then plot it with what was applied.
 
-``applied_learning_rates(optimizer, iterations)`` says what
+``preview_learning_rates(optimizer, iterations)`` says what
 ``current_learning_rate`` will read after each of the given updates: gradient
 accumulation and the plateau multiplier included, without training.
 ``plot_learning_rate`` draws that curve and marks the rates the optimizer
 actually applied (kept on the device with ``keep_rate_history``).
 
-Run: ``python examples/schedule_preview.py [out.png]`` (needs the ``plot`` extra:
-``pip install "introspect-opt[plot]"``). Without an argument the PNG goes to a
-temporary folder.
+Run: ``python examples/schedule_preview.py [out.png]`` (needs matplotlib, the
+``plot`` extra: ``pip install ".[plot]"`` in a checkout). Without an argument the
+PNG is ``schedule_preview.png`` in the current folder.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -36,7 +35,7 @@ def main(out: Path) -> None:
     )
 
     steps = [0, 1, 100, 200, 201, 1000, 2000]
-    preview = introspect_opt.applied_learning_rates(optimizer, steps)
+    preview = introspect_opt.preview_learning_rates(optimizer, steps)
     print("before training, current_learning_rate will read:")
     for n, rate in zip(steps, preview, strict=True):
         print(f"  after update {n:>4}: {rate:.6f}")
@@ -52,7 +51,7 @@ def main(out: Path) -> None:
     # What the updates applied, read from the device in one go, is what the
     # preview said they would apply.
     updates, applied = introspect_opt.rate_history(model)
-    expected = introspect_opt.applied_learning_rates(model, updates)
+    expected = introspect_opt.preview_learning_rates(model, updates)
     worst = float(np.max(np.abs(applied - expected)))
     print(f"updates {updates[0]}..{updates[-1]}: applied equals the preview (max diff {worst:.1e})")
     assert worst <= 1e-8, worst
@@ -62,8 +61,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        main(Path(sys.argv[1]))
-    else:
-        with tempfile.TemporaryDirectory() as folder:
-            main(Path(folder) / "schedule.png")
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "schedule_preview.png").resolve())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from collections.abc import Sequence
@@ -58,9 +59,117 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_json_source(path: Path) -> Any:
+def _keras() -> Any:
+    """Keras, with this package's optimizers registered for deserialization.
+
+    Imported here, not at the top: ``--help`` and argument errors must not pay
+    for TensorFlow's start-up.
+    """
     import keras
 
+    # Registers every class of the package (the ready-made optimizers, the
+    # plateau schedule), so configs and .keras files naming them deserialize.
+    from . import _load
+
+    _load()
+    return keras
+
+
+def _config_class(keras: Any, config: dict[str, Any]) -> tuple[type, str] | None:
+    """The schedule or optimizer class a config names, and its public name; None if neither."""
+    class_name = config["class_name"]
+    registered = config.get("registered_name")
+    candidates = []
+    if isinstance(registered, str) and registered:
+        candidates.append((keras.saving.get_registered_object(registered), registered))
+    if isinstance(class_name, str):
+        for namespace, prefix in (
+            (keras.optimizers.schedules, "keras.optimizers.schedules"),
+            (keras.optimizers, "keras.optimizers"),
+        ):
+            candidates.append((getattr(namespace, class_name, None), f"{prefix}.{class_name}"))
+    for cls, name in candidates:
+        if isinstance(cls, type) and issubclass(
+            cls, (keras.optimizers.schedules.LearningRateSchedule, keras.optimizers.Optimizer)
+        ):
+            return cls, name
+    return None
+
+
+def _kind(keras: Any, cls: type) -> str:
+    if issubclass(cls, keras.optimizers.schedules.LearningRateSchedule):
+        return "a learning-rate schedule config"
+    return "an optimizer config"
+
+
+def _arguments(names: Sequence[str]) -> str:
+    s = "s" if len(names) > 1 else ""
+    return f"argument{s} " + ", ".join(repr(name) for name in names)
+
+
+def _argument_problem(keras: Any, config: dict[str, Any]) -> str | None:
+    """What a config of a known class lacks or has too much of, by the class's signature.
+
+    Returns:
+        None when the arguments fit, else what the config holds, for example
+        "a learning-rate schedule config for keras.optimizers.schedules.CosineDecay
+        without the required argument 'decay_steps'".
+    """
+    recognised = _config_class(keras, config)
+    arguments = config.get("config")
+    if recognised is None or not isinstance(arguments, dict):
+        return None
+    cls, name = recognised
+    what = f"{_kind(keras, cls)} for {name}"
+    parameters = inspect.signature(cls).parameters.values()
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    missing = [
+        p.name
+        for p in parameters
+        if p.kind in named and p.default is p.empty and p.name not in arguments
+    ]
+    if missing:
+        return f"{what} without the required {_arguments(missing)}"
+    # With **kwargs the signature cannot tell which names are unknown; Keras's
+    # own error, reported by the caller, does.
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+        accepted = [p.name for p in parameters]
+        unknown = [key for key in arguments if key not in accepted]
+        if unknown:
+            return (
+                f"{what} with the unknown {_arguments(unknown)} "
+                f"({cls.__name__} takes {', '.join(accepted)})"
+            )
+    nested = arguments.get("learning_rate")
+    if isinstance(nested, dict) and "class_name" in nested:
+        problem = _argument_problem(keras, nested)
+        if problem is not None:
+            return f"{what} whose learning_rate is {problem}"
+    return None
+
+
+def _load_recognised(keras: Any, path: Path, config: dict[str, Any], cls: type, name: str) -> Any:
+    """The object a config of a known schedule or optimizer class describes, or a UsageError."""
+    problem = _argument_problem(keras, config)
+    if problem is not None:
+        raise UsageError(f"{path} holds {problem}")
+    schedules = keras.optimizers.schedules
+    is_schedule = issubclass(cls, schedules.LearningRateSchedule)
+    deserialize = schedules.deserialize if is_schedule else keras.optimizers.deserialize
+    try:
+        return deserialize(config)
+    except Exception as error:
+        # Keras re-raises the constructor's TypeError inside a longer one of
+        # its own; the constructor's says what is wrong.
+        cause = error.__cause__ or error.__context__ or error
+        raise UsageError(
+            f"{path} holds {_kind(keras, cls)} for {name} that Keras cannot build: "
+            f"{_one_line(cause)}"
+        ) from None
+
+
+def _load_json_source(path: Path) -> Any:
+    keras = _keras()
     try:
         config = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -70,6 +179,11 @@ def _load_json_source(path: Path) -> Any:
             f"{path} holds no Keras config (a JSON object with 'class_name'); write "
             "one with json.dump(keras.optimizers.schedules.serialize(schedule), f)"
         )
+    recognised = _config_class(keras, config)
+    if recognised is not None:
+        return _load_recognised(keras, path, config, *recognised)
+    # Not a class Keras or this package registers: a custom class, perhaps
+    # unregistered, of either kind; say what Keras said.
     errors = []
     for deserialize, expected in (
         (keras.optimizers.schedules.deserialize, keras.optimizers.schedules.LearningRateSchedule),
@@ -90,7 +204,7 @@ def _load_json_source(path: Path) -> Any:
 
 
 def _load_model_source(path: Path) -> Any:
-    import keras
+    keras = _keras()
 
     try:
         model = keras.models.load_model(path, compile=True)

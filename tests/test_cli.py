@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -176,14 +177,20 @@ def test_help_explains_sources(capsys: pytest.CaptureFixture[str]) -> None:
     assert "keras.optimizers.schedules.serialize" in out and "model.save()" in out
 
 
-def test_console_script_points_at_main() -> None:
-    """The `introspect-opt` script in pyproject.toml resolves to the same main()."""
+def console_script_target() -> tuple[str, str]:
+    """The (module, function) the `introspect-opt` script in pyproject.toml runs."""
     pyproject = (ROOT / "pyproject.toml").read_text()
     scripts = re.search(r"^\[project\.scripts\]\n(.*?)\n\n", pyproject, re.MULTILINE | re.DOTALL)
     assert scripts is not None
     target = re.search(r'^introspect-opt = "(.+)"$', scripts.group(1), re.MULTILINE)
     assert target is not None
     module, _, name = target.group(1).partition(":")
+    return module, name
+
+
+def test_console_script_points_at_main() -> None:
+    """The `introspect-opt` script in pyproject.toml resolves to the same main()."""
+    module, name = console_script_target()
     assert (module, name) == ("introspect_opt._cli", "main")
     assert getattr(sys.modules[module], name) is _cli.main
 
@@ -206,3 +213,183 @@ def test_a_config_keras_cannot_evaluate_exits_with_status_2(
     err = capsys.readouterr().err
     assert err.startswith("introspect-opt: error: ") and "Error: " in err, err
     assert err.count("\n") == 1
+
+
+# What `--help` and argument errors may import: the command line itself, no
+# Keras, no backend, no NumPy, none of the package's other modules.
+HEAVY = {"keras", "tensorflow", "jax", "torch", "numpy", "matplotlib", "h5py"}
+LIGHT_PACKAGE_MODULES = {"introspect_opt", "introspect_opt.__main__", "introspect_opt._cli"}
+
+
+def imports_of(*args: str) -> tuple[set[str], subprocess.CompletedProcess[str]]:
+    """Runs ``python -X importtime ARGS`` as a user would; the modules it imported and the run."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    modules = set()
+    other_lines = []
+    for line in done.stderr.splitlines():
+        if line.startswith("import time:"):
+            name = line.rsplit("|", 1)[1].strip()
+            if name != "imported package":
+                modules.add(name)
+        else:
+            other_lines.append(line)
+    done.stderr = "\n".join(other_lines)
+    return modules, done
+
+
+def console_script(*args: str) -> list[str]:
+    """Arguments for ``python`` that run the installed `introspect-opt` script (as its shebang)."""
+    script = Path(sys.executable).parent / "introspect-opt"
+    module, name = console_script_target()
+    assert f"from {module} import {name}" in script.read_text(), script
+    return [str(script), *args]
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "stdout_start", "stderr"),
+    [
+        pytest.param(
+            ["-m", "introspect_opt", "--help"], 0, "usage: introspect-opt", "", id="-m --help"
+        ),
+        pytest.param(
+            ["-m", "introspect_opt", "plot", "--help"],
+            0,
+            "usage: introspect-opt plot",
+            "",
+            id="-m plot --help",
+        ),
+        pytest.param(console_script("--help"), 0, "usage: introspect-opt", "", id="script --help"),
+        pytest.param(
+            console_script("plot", "model.keras"),
+            2,
+            "",
+            "usage: introspect-opt plot [-h] -o PNG [--steps N] [--title TITLE] SOURCE\n"
+            "introspect-opt plot: error: the following arguments are required: -o/--output",
+            id="script argument error",
+        ),
+    ],
+)
+def test_help_and_argument_errors_import_neither_keras_nor_a_backend(
+    args: list[str], status: int, stdout_start: str, stderr: str
+) -> None:
+    """`--help` and argument errors import only the command line: no TensorFlow start-up."""
+    modules, done = imports_of(*args)
+    assert done.returncode == status, done.stderr[-3000:]
+    assert done.stdout.startswith(stdout_start)
+    assert done.stderr == stderr  # nothing from TensorFlow's start-up
+    assert {m for m in modules if m.split(".")[0] in HEAVY} == set()
+    assert {m for m in modules if m.split(".")[0] == "introspect_opt"} <= LIGHT_PACKAGE_MODULES
+
+
+def write_config(folder: Path, config: dict[str, Any]) -> Path:
+    """`config` as a JSON file, as the CLI's users write one."""
+    path = folder / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def cosine_config() -> dict[str, Any]:
+    return keras.optimizers.schedules.serialize(
+        keras.optimizers.schedules.CosineDecay(0.1, decay_steps=100)
+    )
+
+
+def assert_cli_error(path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """Runs `plot PATH`: status 2, one line, no PNG; returns the message after its prefix."""
+    assert _cli.main(["plot", str(path), "-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert not (tmp_path / "x.png").exists()
+    prefix = f"introspect-opt: error: {path} holds "
+    assert err.startswith(prefix), err
+    return err[len(prefix) :].rstrip("\n")
+
+
+def test_schedule_config_missing_a_required_argument(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CosineDecay config without decay_steps names the class and the missing argument."""
+    config = cosine_config()
+    del config["config"]["decay_steps"]
+    assert assert_cli_error(write_config(tmp_path, config), tmp_path, capsys) == (
+        "a learning-rate schedule config for keras.optimizers.schedules.CosineDecay without "
+        "the required argument 'decay_steps'"
+    )
+
+
+def test_schedule_config_missing_two_required_arguments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every missing argument is named, in the order of the constructor's signature."""
+    config = keras.optimizers.schedules.serialize(
+        keras.optimizers.schedules.PiecewiseConstantDecay([10], [0.1, 0.01])
+    )
+    config["config"] = {}
+    assert assert_cli_error(write_config(tmp_path, config), tmp_path, capsys) == (
+        "a learning-rate schedule config for keras.optimizers.schedules.PiecewiseConstantDecay "
+        "without the required arguments 'boundaries', 'values'"
+    )
+
+
+def test_schedule_config_with_an_unknown_argument(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A misspelt argument is named, with the arguments the class takes."""
+    config = cosine_config()
+    config["config"]["decay_step"] = 100
+    assert assert_cli_error(write_config(tmp_path, config), tmp_path, capsys) == (
+        "a learning-rate schedule config for keras.optimizers.schedules.CosineDecay with the "
+        "unknown argument 'decay_step' (CosineDecay takes initial_learning_rate, decay_steps, "
+        "alpha, name, warmup_target, warmup_steps)"
+    )
+
+
+def test_optimizer_config_whose_schedule_misses_an_argument(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An optimizer config's learning_rate schedule is checked the same way, and said to be."""
+    config = keras.optimizers.serialize(
+        introspect_opt.IntrospectableAdam(keras.optimizers.schedules.CosineDecay(0.1, 100))
+    )
+    del config["config"]["learning_rate"]["config"]["decay_steps"]
+    assert assert_cli_error(write_config(tmp_path, config), tmp_path, capsys) == (
+        "an optimizer config for introspect_opt>IntrospectableAdam whose learning_rate is a "
+        "learning-rate schedule config for keras.optimizers.schedules.CosineDecay without the "
+        "required argument 'decay_steps'"
+    )
+
+
+def test_optimizer_config_with_an_unknown_argument(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An optimizer takes **kwargs, so Keras's own error names the argument, after the class."""
+    config = keras.optimizers.serialize(keras.optimizers.Adam(0.1))
+    config["config"]["momentum"] = 0.9
+    assert assert_cli_error(write_config(tmp_path, config), tmp_path, capsys) == (
+        "an optimizer config for keras.optimizers.Adam that Keras cannot build: "
+        "ValueError: Argument(s) not recognized: {'momentum': 0.9}"
+    )
+
+
+def test_schedule_config_the_constructor_rejects(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Arguments that fit the signature but not each other: the constructor's own error."""
+    config = keras.optimizers.schedules.serialize(
+        keras.optimizers.schedules.PiecewiseConstantDecay([10], [0.1, 0.01])
+    )
+    config["config"]["values"] = [0.1]
+    message = assert_cli_error(write_config(tmp_path, config), tmp_path, capsys)
+    assert message.startswith(
+        "a learning-rate schedule config for keras.optimizers.schedules.PiecewiseConstantDecay "
+        "that Keras cannot build: ValueError: The length of boundaries should be 1 less than "
+        "the length of values."
+    ), message

@@ -15,10 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.tf_only
 
 
-def _run(*args: str) -> str:
+def _run(*args: str, cwd: Path = ROOT) -> str:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
     done = subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return done.stdout
@@ -31,12 +31,20 @@ def _run(*args: str) -> str:
         ("rate_at_step.py", "applied (restored)"),
         ("fit_callback.py", "epoch 2: applied_lr="),
         ("custom_loop.py", "step 8: loss="),
-        ("schedule_preview.py", "applied equals the preview"),
     ],
 )
 def test_example_runs(script: str, expected: str) -> None:
     """Each example runs to completion (they assert their own claims)."""
     assert expected in _run(str(ROOT / "examples" / script))
+
+
+def test_schedule_preview_writes_the_plot_it_names(tmp_path: Path) -> None:
+    """Without an argument, the preview writes schedule_preview.png in the current folder."""
+    out = _run(str(ROOT / "examples" / "schedule_preview.py"), cwd=tmp_path)
+    assert "applied equals the preview" in out
+    written = out.strip().splitlines()[-1]
+    assert written == f"plot written to {tmp_path.resolve() / 'schedule_preview.png'}"
+    assert (tmp_path / "schedule_preview.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_examples_are_all_tested() -> None:
