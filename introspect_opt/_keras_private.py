@@ -93,6 +93,17 @@ def has_rate_variable(optimizer: Any) -> bool:
     return isinstance(optimizer._learning_rate, keras.Variable)
 
 
+def _local_of(function: Any, name: str) -> Any:
+    """Local ``name`` of the innermost running call of ``function``, or None."""
+    code = function.__code__
+    frame: Any = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code is code:
+            return frame.f_locals.get(name)
+        frame = frame.f_back
+    return None
+
+
 def keras_load_skips_mismatches() -> bool:
     """Whether the Keras load running now was asked to skip mismatches.
 
@@ -103,13 +114,7 @@ def keras_load_skips_mismatches() -> bool:
     """
     from keras.src.saving import saving_lib
 
-    code = saving_lib._load_state.__code__
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code is code:
-            return bool(frame.f_locals.get("skip_mismatch", False))
-        frame = frame.f_back  # type: ignore[assignment]
-    return False
+    return bool(_local_of(saving_lib._load_state, "skip_mismatch"))
 
 
 def is_traced(value: Any) -> bool:
@@ -153,8 +158,9 @@ def describe_store(store: Any) -> str:
     if archive is not None and getattr(archive, "filename", None):
         where = f"{archive.filename} (member {inner})"
     elif isinstance(inner, io.IOBase):
-        # load_model reads the weights member of a .keras archive into memory.
-        where = "the model file being loaded (its model.weights.h5)"
+        # load_model reads the weights member of a .keras archive into memory;
+        # the file it opened is a local of saving_lib.load_model.
+        where = f"{_file_being_loaded() or 'the model file being loaded'} (its model.weights.h5)"
     elif inner is not None:
         where = str(inner)
     else:
@@ -162,6 +168,14 @@ def describe_store(store: Any) -> str:
     if entry:
         where += f", group '{entry}'"
     return where
+
+
+def _file_being_loaded() -> str | None:
+    """The path ``keras.saving.load_model`` is loading, from its frame (or None)."""
+    from keras.src.saving import saving_lib
+
+    path = _local_of(saving_lib.load_model, "filepath")
+    return None if path is None else str(path)
 
 
 @contextlib.contextmanager

@@ -297,7 +297,7 @@ class IntrospectionMixin(_OptimizerBase):
             # slots never wait inside TensorFlow where a later save would miss
             # them, and saved slots are there to save.
             if not self.built and not self.__dict__.get("_introspect_building"):
-                _persistence.settle(self)
+                _persistence.settle_for_checkpoint(self)
             return super()._trackable_children(save_type, **kwargs)
 
 

@@ -161,6 +161,23 @@ def settle(optimizer: Any) -> bool:
     return True
 
 
+def settle_for_checkpoint(optimizer: Any) -> None:
+    """Before tf.train.Checkpoint lists the optimizer's variables (to save or restore)."""
+    if settle(optimizer):
+        return
+    state = optimizer.__dict__.get("_introspection_state")
+    queued = state is not None and state.pending is not None and state.pending.slots
+    if queued or _keras_private.checkpoint_restore_waits(optimizer):
+        warnings.warn(
+            f"{_describe(optimizer)} holds state for slots it has not built yet "
+            f"({'loaded from ' + state.pending.source if queued else 'restored by a checkpoint'}), "
+            "and no model that trains it is in sight: a tf.train.Checkpoint saved now "
+            "holds its step counter but not those slots. Build it first, with "
+            "`optimizer.build(model.trainable_variables)`.",
+            stacklevel=4,
+        )
+
+
 def load(optimizer: Any, state: AppliedRateState, store: Any) -> None:
     """Replaces ``Optimizer.load_own_variables``: everything, or an error and no change."""
     file = read_file(optimizer, store)
@@ -172,31 +189,22 @@ def load(optimizer: Any, state: AppliedRateState, store: Any) -> None:
             stacklevel=3,
         )
         return
-    prefix_count = _prefix_count(optimizer)
-    if len(file.values) > prefix_count:
-        settle(optimizer)  # only builds; a mismatch below still changes no value
-    variables = optimizer._plain_variables()
+    settle(optimizer)  # builds it for its model; a mismatch below still changes no value
     if optimizer.built:
-        problem = _mismatch(optimizer, variables, file.values, file.source)
-        if problem and _was_saved_before_build(optimizer, file, prefix_count):
-            # Written after compile, before any training, and loaded into an
-            # optimizer that has not trained either: the slots are at their
-            # initial values on both sides.
-            variables = variables[:prefix_count]
-            problem = _mismatch(optimizer, variables, file.values, file.source)
-        if problem:
-            raise ValueError(f"{problem} {FIX}")
-        _assign(variables, file.values)
+        _check(optimizer, file.values, file.source)
+        _assign(optimizer._plain_variables()[: len(file.values)], file.values)
         with _keras_private.eager_scope():
             state.assign_entries(optimizer, file.entries)
         return
-    prefix = variables[:prefix_count]
+    # Not built and no model to build it for (an unpickled optimizer, say):
+    # restore the step counter (and rate) now, check and assign the rest at
+    # build().
+    prefix_count = _prefix_count(optimizer)
+    prefix = optimizer._plain_variables()[:prefix_count]
     problem = _mismatch(optimizer, prefix, file.values[:prefix_count], file.source)
     if problem or len(file.values) < prefix_count:
-        problem = problem or _mismatch(optimizer, variables, file.values, file.source)
+        problem = problem or _mismatch(optimizer, prefix, file.values, file.source)
         raise ValueError(f"{problem} {FIX}")
-    # Not built and no model to build it for (an unpickled optimizer, say):
-    # restore the step counter and rate now, queue the rest for build().
     earlier = state.pending
     state.pending = Pending(
         source=file.source,
@@ -208,11 +216,27 @@ def load(optimizer: Any, state: AppliedRateState, store: Any) -> None:
     _assign(prefix, file.values[:prefix_count])
 
 
-def _was_saved_before_build(optimizer: Any, file: FileState, prefix_count: int) -> bool:
-    if len(file.values) != prefix_count:
+def _check(optimizer: Any, values: list[np.ndarray], source: str, note: str = "") -> None:
+    """Raises unless ``values`` fit the built optimizer's variables, in full.
+
+    One exception: a file written after ``compile`` and before any training
+    holds only the variables that exist before ``build`` (the step counter,
+    the rate); into an optimizer that has not trained either it fits, since
+    the slots are at their initial values on both sides.
+    """
+    variables = optimizer._plain_variables()
+    problem = _mismatch(optimizer, variables, values, source)
+    if problem and _was_saved_before_build(optimizer, values):
+        problem = _mismatch(optimizer, variables[: len(values)], values, source)
+    if problem:
+        raise ValueError(f"{problem}{note} {FIX}")
+
+
+def _was_saved_before_build(optimizer: Any, values: list[np.ndarray]) -> bool:
+    if len(values) != _prefix_count(optimizer) or values[0].shape != ():
         return False
     steps = _numpy([_keras_private.raw_step_counter(optimizer)])[0]
-    return int(file.values[0]) == 0 and int(steps) == 0
+    return int(values[0]) == 0 and int(steps) == 0
 
 
 def apply_pending(optimizer: Any, state: AppliedRateState) -> None:
@@ -220,29 +244,27 @@ def apply_pending(optimizer: Any, state: AppliedRateState) -> None:
     pending, state.pending = state.pending, None
     if pending is None:
         return
-    if not pending.slots:  # a file of the step counter (and rate) alone
-        state.assign_entries(optimizer, pending.entries)
-        return
-    variables = optimizer._plain_variables()
-    prefix = variables[: _prefix_count(optimizer)]
+    prefix = optimizer._plain_variables()[: _prefix_count(optimizer)]
     values = _numpy(prefix) + pending.slots
-    problem = _mismatch(optimizer, variables, values, pending.source)
-    if problem:
-        _assign(prefix, pending.previous)  # the queued load never happened
-        if pending.lenient:
-            warnings.warn(
-                f"{problem} The optimizer state was loaded with "
-                "`skip_mismatch=True` before the optimizer was built; it is "
-                "skipped and the optimizer keeps the state it had before that load.",
-                stacklevel=3,
-            )
-            return
-        raise ValueError(
-            f"{problem} (The state was loaded before the optimizer was built, so "
-            f"it could only be checked now; the step counter is back to what it "
-            f"was before that load.) {FIX}"
+    try:
+        _check(
+            optimizer,
+            values,
+            pending.source,
+            " (The state was loaded before the optimizer was built, so it could only "
+            "be checked now; the step counter is back to what it was before that load.)",
         )
-    _assign(variables[len(prefix) :], pending.slots)
+    except ValueError as error:
+        _assign(prefix, pending.previous)  # the queued load never happened
+        if not pending.lenient:
+            raise
+        warnings.warn(
+            f"{error} It was loaded with `skip_mismatch=True`, so it is skipped and "
+            "the optimizer keeps the state it had before that load.",
+            stacklevel=3,
+        )
+        return
+    _assign(optimizer._plain_variables()[: len(values)], values)
     state.assign_entries(optimizer, pending.entries)
 
 

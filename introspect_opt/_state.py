@@ -422,6 +422,8 @@ def check_entries(store: Any, source: str) -> Entries | None:
             )
         entries[key] = value
     problems = [f"{k} has shape {entries[k].shape}" for k in CORE_KEYS if entries[k].shape != ()]
+    if entries[COUNT_KEY].dtype.kind not in "iu":
+        problems.append(f"{COUNT_KEY} holds {entries[COUNT_KEY].dtype}, not an integer")
     for feature in features():
         if feature.keys[0] in entries:
             problem = feature.check(entries)

@@ -434,3 +434,111 @@ def test_pickle_and_deepcopy(clone: Any) -> None:
     _assert_restored(optimizer, copied)
     fresh = clone(IntrospectableSGD(0.02))
     assert float(fresh.current_learning_rate) == np.float32(0.02)
+
+
+def test_reads_from_another_thread_during_build_return_a_value() -> None:
+    """A monitoring thread reading current_learning_rate while the optimizer builds never fails."""
+    import threading
+
+    errors: list[BaseException] = []
+    done = threading.Event()
+    holder: dict[str, Any] = {}
+
+    def read() -> None:
+        while not done.is_set():
+            optimizer = holder.get("optimizer")
+            if optimizer is not None:
+                try:
+                    float(optimizer.current_learning_rate)
+                except BaseException as error:  # any failure is the bug
+                    errors.append(error)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for _ in range(30):
+            model = make_model()
+            optimizer = IntrospectableSGD(SCHEDULE, momentum=0.9)
+            holder["optimizer"] = optimizer
+            optimizer.build(model.trainable_variables)
+    finally:
+        done.set()
+        reader.join()
+    assert not errors, errors[:3]
+
+
+def _next_rates(optimizer: Any, steps: int, variables: list[Any]) -> list[int]:
+    """The bits of the rate each of the next ``steps`` updates applies."""
+    out = []
+    for _ in range(steps):
+        optimizer.apply_gradients([(keras.ops.ones(v.shape), v) for v in variables])
+        out.append(bits(optimizer.current_learning_rate))
+    return out
+
+
+@pytest.mark.parametrize("rate", ["float", "schedule"])
+def test_config_round_trip_applies_the_same_rate_after_callbacks(rate: str) -> None:
+    """from_config(get_config()) applies the rate the original applies, whatever set it."""
+    from introspect_opt._plateau import MULTIPLIER, set_multiplier
+
+    original = IntrospectableSGD(0.02 if rate == "float" else SCHEDULE, momentum=0.9)
+    model = make_model()
+    original.build(model.trainable_variables)
+    original._ensure_introspection_state().enable(original, MULTIPLIER.name)
+    set_multiplier(original, 0.5)  # as ScaleLearningRateOnPlateau does
+    if rate == "float":
+        original.learning_rate = 0.01  # as LearningRateScheduler does
+    clone = IntrospectableSGD.from_config(original.get_config())
+    clone_model = make_model()
+    clone.build(clone_model.trainable_variables)
+    assert bits(clone.learning_rate) == bits(original.learning_rate)
+    assert _next_rates(clone, 3, clone_model.trainable_variables) == _next_rates(
+        original, 3, model.trainable_variables
+    )
+
+
+def test_a_loaded_multiplier_shows_in_learning_rate_at_once(tmp_path: Path) -> None:
+    """After load_weights into an unbuilt optimizer, learning_rate has the file's multiplier."""
+    from introspect_opt import ScaleLearningRateOnPlateau
+
+    model = _compiled(IntrospectableSGD(SCHEDULE))
+    x, y = make_data(16)
+    plateau = ScaleLearningRateOnPlateau("loss", factor=0.5, patience=0, min_delta=1e9)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[plateau])
+    model.save_weights(tmp_path / "m.weights.h5")
+    target = _compiled(IntrospectableSGD(SCHEDULE), built=False)
+    target.load_weights(tmp_path / "m.weights.h5")
+    assert bits(target.optimizer.learning_rate) == bits(model.optimizer.learning_rate)
+    assert bits(target.optimizer.current_learning_rate) == bits(
+        model.optimizer.current_learning_rate
+    )
+
+
+@pytest.mark.tf_only
+def test_restored_without_its_model_then_saved_with_it(tmp_path: Path) -> None:
+    """Checkpoint(optimizer=...) restores into an unbuilt optimizer; model.save then builds it."""
+    model = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9), steps=4)
+    path = tf.train.Checkpoint(optimizer=model.optimizer).write(str(tmp_path / "ck"))
+    optimizer = IntrospectableSGD(SCHEDULE, momentum=0.9)
+    # Held in a list: no frame on the stack holds the model during the restore.
+    targets = [_compiled(optimizer, built=False)]
+    targets[0].set_weights(model.get_weights())
+    tf.train.Checkpoint(optimizer=optimizer).read(path)
+    assert not optimizer.built  # no model in sight: its slots wait in TensorFlow
+    targets[0].save(tmp_path / "m.keras")  # builds it for this model first
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    _assert_restored(model.optimizer, loaded.optimizer)
+
+
+@pytest.mark.tf_only
+def test_state_that_cannot_be_saved_is_refused_or_announced(tmp_path: Path) -> None:
+    """Slots waiting for a build, no model in sight: a Keras save refuses, a checkpoint warns."""
+    model = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9), steps=4)
+    path = tf.train.Checkpoint(optimizer=model.optimizer).write(str(tmp_path / "ck"))
+    optimizer = IntrospectableSGD(SCHEDULE, momentum=0.9)
+    tf.train.Checkpoint(optimizer=optimizer).read(path)
+    with pytest.raises(ValueError, match=r"Build it first, with `optimizer\.build"):
+        pickle.dumps(optimizer)
+    queued = pickle.loads(pickle.dumps(model.optimizer))
+    with pytest.warns(UserWarning, match="holds its step counter but not those slots"):
+        tf.train.Checkpoint(optimizer=queued).write(str(tmp_path / "queued"))
