@@ -237,17 +237,19 @@ def test_mirrored_fit(replicas: int, jit_compile: Any) -> None:
 
 @tf_only
 @pytest.mark.parametrize(
-    ("jit_compile", "steps_per_execution", "error", "message"),
+    ("jit_compile", "steps_per_execution", "accumulation", "error", "message"),
     [
         # XLA cannot read the other replicas' variables from one device.
-        (True, 1, tf.errors.InvalidArgumentError, "Trying to access resource"),
+        (True, 1, None, tf.errors.InvalidArgumentError, "Trying to access resource"),
         # Keras's multi-step while loop around merge_call (keras-team/keras#19246).
-        (False, 2, tf.errors.InvalidArgumentError, "You must feed a value for placeholder"),
+        (False, 2, None, tf.errors.InvalidArgumentError, "You must feed a value for placeholder"),
+        # Keras applies accumulated gradients inside ops.cond: merge_call in a Cond.
+        (False, 1, 2, RuntimeError, "`merge_call` called while defining a new graph"),
     ],
-    ids=["jit_compile=True", "steps_per_execution=2"],
+    ids=["jit_compile=True", "steps_per_execution=2", "gradient_accumulation_steps=2"],
 )
 def test_mirrored_fit_upstream_failures_hit_plain_sgd_too(
-    jit_compile: bool, steps_per_execution: int, error: type, message: str
+    jit_compile: bool, steps_per_execution: int, accumulation: Any, error: type, message: str
 ) -> None:
     """Keras 3.15 fit under a 2-device MirroredStrategy fails here for plain SGD and ours alike.
 
@@ -260,7 +262,7 @@ def test_mirrored_fit_upstream_failures_hit_plain_sgd_too(
         with _strategy(2).scope():
             model = make_model()
             model.compile(
-                optimizer_class(SCHEDULE),
+                optimizer_class(SCHEDULE, gradient_accumulation_steps=accumulation),
                 loss="mse",
                 jit_compile=jit_compile,
                 steps_per_execution=steps_per_execution,
