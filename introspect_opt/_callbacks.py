@@ -85,22 +85,14 @@ def check_optimizers(optimizers: Any) -> dict[str, Any] | None:
 def tracked_optimizers(
     callback: str, model: Any, given: dict[str, Any] | None
 ) -> list[tuple[str, Any, bool]]:
-    """[(unique label, introspectable optimizer, wrapped in loss scaling)]."""
-    if given is None:
-        try:
-            optimizer = resolve_optimizer(model, callback)
-        except TypeError as error:
-            raise TypeError(f"{callback} cannot read this model's rate: {error}") from None
-        found = [(label(optimizer), optimizer, unwrap(model.optimizer)[1])]
-    else:
-        found = [(key, *unwrap(value)) for key, value in given.items()]
-    counts: dict[str, int] = {}
-    tracked = []
-    for name, optimizer, wrapped in found:
-        counts[name] = counts.get(name, 0) + 1
-        unique = name if counts[name] == 1 else f"{name}_{counts[name]}"
-        tracked.append((unique, optimizer, wrapped))
-    return tracked
+    """[(label, introspectable optimizer, wrapped in loss scaling)]."""
+    if given is not None:
+        return [(key, *unwrap(value)) for key, value in given.items()]
+    try:
+        optimizer = resolve_optimizer(model, callback)
+    except TypeError as error:
+        raise TypeError(f"{callback} cannot read this model's rate: {error}") from None
+    return [(label(optimizer), optimizer, unwrap(model.optimizer)[1])]
 
 
 class StepCounter:
@@ -136,7 +128,7 @@ class LearningRateLogger(keras.callbacks.Callback):
     Keys are ``"<label>/<quantity>"``. The label is the optimizer's ``name``
     without the counter Keras appends to default names (``sgd``, not
     ``sgd_1``; the inner optimizer's under a ``LossScaleOptimizer``), or the
-    keys of ``optimizers``, with ``_2``, ``_3`` for repeats; the quantities are
+    keys of ``optimizers``; the quantities are
     ``learning_rate``, each name in ``hyperparameters``, and with
     ``diagnostics=True`` ``gradient_norm``, ``update_norm``,
     ``update_to_weight_ratio`` and, under loss scaling, ``skipped_steps``.

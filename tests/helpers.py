@@ -26,6 +26,17 @@ JIT_MODES = [
 
 SCHEDULE = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=1, decay_rate=0.9)
 
+# Every optimizer class the installed Keras exports, but the wrappers, which
+# apply no updates themselves (the list the package must match).
+WRAPPERS = {"Optimizer", "LossScaleOptimizer", "MultiOptimizer"}
+KERAS_OPTIMIZERS = sorted(
+    name
+    for name, obj in vars(keras.optimizers).items()
+    if isinstance(obj, type)
+    and issubclass(obj, keras.optimizers.Optimizer)
+    and name not in WRAPPERS
+)
+
 
 def make_model(seed: int = 0, inputs: int = 8, hidden: int = 16, outputs: int = 1) -> Any:
     """A deterministic two-layer MLP."""

@@ -163,7 +163,7 @@ def _fit_graph(
     replicas: int,
     opt_in: Any = None,
 ) -> Any:
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=False)
     strategy = mirrored_strategy(replicas) if replicas > 1 else tf.distribute.get_strategy()
     with strategy.scope():
         model = make_model()
@@ -399,7 +399,7 @@ def test_gpu_mirrored_strategy_fit() -> None:
     x, y = make_data(64)
     weights = []
     for optimizer_class in (keras.optimizers.SGD, Witness):
-        keras.backend.clear_session()
+        keras.backend.clear_session(free_memory=False)
         with mirrored_strategy(len(gpus), devices=gpus).scope():
             model = make_model()
             model.compile(optimizer_class(SCHEDULE, momentum=0.9), loss="mse", jit_compile=False)

@@ -215,7 +215,7 @@ def test_mirrored_fit(replicas: int, jit_compile: Any) -> None:
     x, y = make_data(64)
     results = {}
     for optimizer_class in (keras.optimizers.SGD, Witness):
-        keras.backend.clear_session()
+        keras.backend.clear_session(free_memory=False)
         with _strategy(replicas).scope():
             model = make_model()
             model.compile(
@@ -258,7 +258,7 @@ def test_mirrored_fit_upstream_failures_hit_plain_sgd_too(
     """
     x, y = make_data(32)
     for optimizer_class in (keras.optimizers.SGD, IntrospectableSGD):
-        keras.backend.clear_session()
+        keras.backend.clear_session(free_memory=False)
         with _strategy(2).scope():
             model = make_model()
             model.compile(

@@ -131,11 +131,19 @@ def test_saving_walks_the_state_into_a_group_of_its_own(tmp_path: Path) -> None:
         assert len(f["optimizer/vars"].keys()) == len(model.optimizer._plain_variables())
 
 
-def test_load_state_still_carries_skip_mismatch() -> None:
-    """The skip_mismatch flag is found on Keras's _load_state frame, and only there."""
-    from keras.src.saving import saving_lib
+def test_skip_mismatch_is_read_from_the_load_running_now(tmp_path: Path) -> None:
+    """Inside a real load, the flag is what load_weights was given; outside, False."""
+    seen: list[bool] = []
 
-    assert "skip_mismatch" in inspect.signature(saving_lib._load_state).parameters
+    class Probe(keras.layers.Layer):
+        def load_own_variables(self, store):  # type: ignore[no-untyped-def]
+            seen.append(_keras_private.keras_load_skips_mismatches())
+
+    model = keras.Sequential([keras.Input((2,)), Probe()])
+    model.save_weights(tmp_path / "m.weights.h5")
+    model.load_weights(tmp_path / "m.weights.h5", skip_mismatch=True)
+    model.load_weights(tmp_path / "m.weights.h5")
+    assert seen == [True, False]
     assert _keras_private.keras_load_skips_mismatches() is False
 
 

@@ -1,4 +1,4 @@
-"""SPEC 2.6: variable updates are bit-identical to plain keras.optimizers.SGD."""
+"""Variable updates are bit-identical to plain keras.optimizers.SGD (docs/semantics.md)."""
 
 from __future__ import annotations
 

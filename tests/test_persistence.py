@@ -1,4 +1,4 @@
-"""SPEC section 3: nothing is ever lost, in any format, in either direction."""
+"""Nothing is ever lost, in any format, in either direction (docs/persistence.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC section 3: BackupAndRestore after a crash in the middle of an epoch."""
+"""BackupAndRestore after a crash in the middle of an epoch (docs/persistence.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC section 2: what current_learning_rate holds, for every learning-rate form."""
+"""What current_learning_rate holds, for every learning-rate form (docs/semantics.md)."""
 
 from __future__ import annotations
 

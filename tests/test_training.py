@@ -1,4 +1,4 @@
-"""SPEC section 4: the applied rate is right wherever training runs."""
+"""The applied rate is right wherever training runs (docs/semantics.md, docs/distributed.md)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ pytestmark = pytest.mark.tf_only
 
 
 def _assert_rows_follow_schedule(rows: list[tuple[int, float, float]], k: int = 1) -> None:
+    assert rows, "the recorder saw no batch"
     for iterations, current, witnessed in rows:
         assert current == witnessed  # the exact bits update_step received
         last_raw_step = iterations * k - 1
