@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from . import _diagnostics, _keras_private
-from ._mixin import IntrospectionMixin
+from ._mixin import IntrospectableOptimizer
 from ._resolve import describe_optimizer, resolve_optimizer, unwrap
 from ._state import host_float
 
@@ -71,7 +71,7 @@ def check_optimizers(optimizers: Any) -> dict[str, Any] | None:
             f"optimizers labels must be non-empty strings; received {list(optimizers)!r}."
         )
     for key, given in optimizers.items():
-        if not isinstance(unwrap(given)[0], IntrospectionMixin):
+        if not isinstance(unwrap(given)[0], IntrospectableOptimizer):
             raise TypeError(
                 f"optimizers[{key!r}] must be an introspectable optimizer (or a "
                 f"LossScaleOptimizer around one); received {type(given).__name__} "

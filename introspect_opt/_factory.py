@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, TypeVar
+from typing import Any
 
 import keras
 
 from . import _keras_private
-from ._mixin import IntrospectionMixin, rate_dtype
+from ._mixin import IntrospectableOptimizer, rate_dtype
 from ._resolve import describe_value, is_multi_optimizer
-
-_O = TypeVar("_O")
 
 # Keras base class -> its introspectable subclass (one per base, forever).
 _CLASSES: dict[type, type] = {}
@@ -67,7 +65,7 @@ def _docstring(base: type, name: str, from_keras: bool) -> str:
     return text
 
 
-def introspectable(optimizer_class: type[_O]) -> type[_O]:
+def introspectable(optimizer_class: type[Any]) -> type[IntrospectableOptimizer]:
     """Returns the introspectable subclass of a Keras 3 optimizer class.
 
     The subclass, named ``Introspectable<ClassName>``, has the same constructor,
@@ -98,7 +96,7 @@ def introspectable(optimizer_class: type[_O]) -> type[_O]:
         0.001
     """
     _check_class(optimizer_class)
-    if issubclass(optimizer_class, IntrospectionMixin):
+    if issubclass(optimizer_class, IntrospectableOptimizer):
         return optimizer_class
     optimizer_class = _keras_private.public_class(optimizer_class)
     cls = _CLASSES.get(optimizer_class)
@@ -107,7 +105,7 @@ def introspectable(optimizer_class: type[_O]) -> type[_O]:
         from_keras = optimizer_class.__module__.split(".")[0] == "keras"
         cls = type(
             name,
-            (IntrospectionMixin, _keras_private.backend_class(optimizer_class)),
+            (IntrospectableOptimizer, _keras_private.backend_class(optimizer_class)),
             {
                 "__module__": "introspect_opt" if from_keras else optimizer_class.__module__,
                 "__qualname__": name,
@@ -131,7 +129,7 @@ def register(base: type, cls: type) -> None:
     _CLASSES[base] = cls
 
 
-def introspect(optimizer: _O) -> _O:
+def introspect(optimizer: Any) -> IntrospectableOptimizer:
     """Makes an optimizer instance somebody else built introspectable, in place.
 
     The instance becomes an instance of ``introspectable(type(optimizer))``
@@ -182,7 +180,7 @@ def introspect(optimizer: _O) -> _O:
             "updates itself: pass the optimizer(s) it wraps, e.g. "
             "introspect(optimizer.inner_optimizer)."
         )
-    if isinstance(optimizer, IntrospectionMixin):
+    if isinstance(optimizer, IntrospectableOptimizer):
         return optimizer
     instance: Any = optimizer
     instance.__class__ = introspectable(type(instance))
@@ -190,4 +188,5 @@ def introspect(optimizer: _O) -> _O:
         with _keras_private.eager_scope(), _keras_private.strategy_scope(instance):
             state = instance._ensure_introspection_state()
             state.create_variables(instance, rate_dtype(instance, instance.learning_rate))
-    return optimizer
+    introspected: IntrospectableOptimizer = instance
+    return introspected

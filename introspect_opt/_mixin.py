@@ -106,8 +106,23 @@ def _refuse_foreign_strategy(optimizer: Any) -> None:
 _LIST_CACHE_IN_VARIABLES = keras.backend.backend() == "jax"
 
 
-class IntrospectionMixin(_OptimizerBase):
-    """Adds ``current_learning_rate`` to the Keras optimizer it precedes in the MRO."""
+class IntrospectableOptimizer(_OptimizerBase):
+    """The base of every introspectable optimizer: adds ``current_learning_rate``.
+
+    Every ``Introspectable<Name>`` class, every class ``introspectable()``
+    makes and every instance ``introspect()`` changes is an instance of this
+    class, placed before the Keras optimizer class in the bases. Use it in
+    ``isinstance`` checks and type hints; create optimizers with the ready-made
+    classes or ``introspectable()``.
+
+    Examples:
+        >>> import keras, introspect_opt
+        >>> opt = introspect_opt.IntrospectableAdam(0.01)
+        >>> isinstance(opt, introspect_opt.IntrospectableOptimizer)
+        True
+        >>> isinstance(keras.optimizers.Adam(0.01), introspect_opt.IntrospectableOptimizer)
+        False
+    """
 
     # The public Keras class an introspectable class extends; set on each
     # introspectable class itself (not inherited by user subclasses of it).
@@ -305,4 +320,4 @@ def _unpickle(optimizer_class: type, *args: Any) -> Any:
     """Rebuilds a pickled instance of ``introspectable(optimizer_class)``."""
     from ._factory import introspectable  # (the factory builds on this module)
 
-    return introspectable(optimizer_class)._unpickle_model(*args)  # type: ignore[attr-defined]
+    return introspectable(optimizer_class)._unpickle_model(*args)

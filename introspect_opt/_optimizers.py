@@ -9,7 +9,7 @@ import keras
 
 from . import _keras_private
 from ._factory import introspectable, register
-from ._mixin import IntrospectionMixin
+from ._mixin import IntrospectableOptimizer
 
 if TYPE_CHECKING:
     from keras.optimizers import SGD as _SGDBase
@@ -18,7 +18,7 @@ else:  # the fused torch variant on the torch backend, for bit-identical updates
 
 
 @keras.saving.register_keras_serializable(package="introspect_opt")
-class IntrospectableSGD(IntrospectionMixin, _SGDBase):
+class IntrospectableSGD(IntrospectableOptimizer, _SGDBase):
     """``keras.optimizers.SGD`` that records the learning rate each update applied.
 
     A drop-in replacement: same constructor, same config, bit-identical
@@ -71,16 +71,62 @@ register(keras.optimizers.SGD, IntrospectableSGD)
 
 # One line per optimizer class that keras.optimizers exports (tests/test_optimizers.py
 # derives the list from the installed Keras and fails on any class missing here).
-IntrospectableAdadelta = introspectable(keras.optimizers.Adadelta)
-IntrospectableAdafactor = introspectable(keras.optimizers.Adafactor)
-IntrospectableAdagrad = introspectable(keras.optimizers.Adagrad)
-IntrospectableAdam = introspectable(keras.optimizers.Adam)
-IntrospectableAdamW = introspectable(keras.optimizers.AdamW)
-IntrospectableAdamax = introspectable(keras.optimizers.Adamax)
-IntrospectableFtrl = introspectable(keras.optimizers.Ftrl)
-IntrospectableLamb = introspectable(keras.optimizers.Lamb)
-IntrospectableLion = introspectable(keras.optimizers.Lion)
-IntrospectableMuon = introspectable(keras.optimizers.Muon)
-IntrospectableNadam = introspectable(keras.optimizers.Nadam)
-IntrospectableRMSprop = introspectable(keras.optimizers.RMSprop)
-IntrospectableScheduleFreeAdamW = introspectable(keras.optimizers.ScheduleFreeAdamW)
+# Type checkers and editors see each as a subclass of IntrospectableOptimizer and
+# the Keras class, so `current_learning_rate` is known on its instances.
+if TYPE_CHECKING:
+
+    class IntrospectableAdadelta(IntrospectableOptimizer, keras.optimizers.Adadelta):
+        """``keras.optimizers.Adadelta`` that records the learning rate each update applied."""
+
+    class IntrospectableAdafactor(IntrospectableOptimizer, keras.optimizers.Adafactor):
+        """``keras.optimizers.Adafactor`` that records the learning rate each update applied."""
+
+    class IntrospectableAdagrad(IntrospectableOptimizer, keras.optimizers.Adagrad):
+        """``keras.optimizers.Adagrad`` that records the learning rate each update applied."""
+
+    class IntrospectableAdam(IntrospectableOptimizer, keras.optimizers.Adam):
+        """``keras.optimizers.Adam`` that records the learning rate each update applied."""
+
+    class IntrospectableAdamW(IntrospectableOptimizer, keras.optimizers.AdamW):
+        """``keras.optimizers.AdamW`` that records the learning rate each update applied."""
+
+    class IntrospectableAdamax(IntrospectableOptimizer, keras.optimizers.Adamax):
+        """``keras.optimizers.Adamax`` that records the learning rate each update applied."""
+
+    class IntrospectableFtrl(IntrospectableOptimizer, keras.optimizers.Ftrl):
+        """``keras.optimizers.Ftrl`` that records the learning rate each update applied."""
+
+    class IntrospectableLamb(IntrospectableOptimizer, keras.optimizers.Lamb):
+        """``keras.optimizers.Lamb`` that records the learning rate each update applied."""
+
+    class IntrospectableLion(IntrospectableOptimizer, keras.optimizers.Lion):
+        """``keras.optimizers.Lion`` that records the learning rate each update applied."""
+
+    class IntrospectableMuon(IntrospectableOptimizer, keras.optimizers.Muon):
+        """``keras.optimizers.Muon`` that records the learning rate each update applied."""
+
+    class IntrospectableNadam(IntrospectableOptimizer, keras.optimizers.Nadam):
+        """``keras.optimizers.Nadam`` that records the learning rate each update applied."""
+
+    class IntrospectableRMSprop(IntrospectableOptimizer, keras.optimizers.RMSprop):
+        """``keras.optimizers.RMSprop`` that records the learning rate each update applied."""
+
+    class IntrospectableScheduleFreeAdamW(
+        IntrospectableOptimizer, keras.optimizers.ScheduleFreeAdamW
+    ):
+        """``keras.optimizers.ScheduleFreeAdamW`` that records the rate each update applied."""
+
+else:
+    IntrospectableAdadelta = introspectable(keras.optimizers.Adadelta)
+    IntrospectableAdafactor = introspectable(keras.optimizers.Adafactor)
+    IntrospectableAdagrad = introspectable(keras.optimizers.Adagrad)
+    IntrospectableAdam = introspectable(keras.optimizers.Adam)
+    IntrospectableAdamW = introspectable(keras.optimizers.AdamW)
+    IntrospectableAdamax = introspectable(keras.optimizers.Adamax)
+    IntrospectableFtrl = introspectable(keras.optimizers.Ftrl)
+    IntrospectableLamb = introspectable(keras.optimizers.Lamb)
+    IntrospectableLion = introspectable(keras.optimizers.Lion)
+    IntrospectableMuon = introspectable(keras.optimizers.Muon)
+    IntrospectableNadam = introspectable(keras.optimizers.Nadam)
+    IntrospectableRMSprop = introspectable(keras.optimizers.RMSprop)
+    IntrospectableScheduleFreeAdamW = introspectable(keras.optimizers.ScheduleFreeAdamW)

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 
 from . import _history, _keras_private
-from ._mixin import IntrospectionMixin
+from ._mixin import IntrospectableOptimizer
 from ._resolve import current_learning_rate, describe_value, is_multi_optimizer, optimizer_of
 
 # More points than a plot is pixels wide; beyond this the schedule is sampled.
@@ -347,7 +347,7 @@ def _recorded_points(
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, float] | None]:
     """The rates recorded on the device, and the current one, for an introspectable optimizer."""
     optimizer = resolved.optimizer
-    if not isinstance(optimizer, IntrospectionMixin):
+    if not isinstance(optimizer, IntrospectableOptimizer):
         return np.zeros(0, np.int64), np.zeros(0), None
     steps, rates = _history.recorded_rates(optimizer)
     current = None

@@ -11,7 +11,7 @@ from typing import Any
 
 import keras
 
-from ._mixin import IntrospectionMixin
+from ._mixin import IntrospectableOptimizer
 
 
 def describe_value(value: Any) -> str:
@@ -58,7 +58,7 @@ def resolve_optimizer(obj: Any, caller: str) -> Any:
     compiled model. Anything else is a TypeError that says what to pass.
     """
     optimizer, _ = unwrap(optimizer_of(obj))
-    if isinstance(optimizer, IntrospectionMixin):
+    if isinstance(optimizer, IntrospectableOptimizer):
         return optimizer
     if is_multi_optimizer(optimizer):
         raise TypeError(

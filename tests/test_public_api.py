@@ -71,7 +71,7 @@ def test_py_typed_is_shipped() -> None:
 @pytest.mark.parametrize(
     "obj",
     [getattr(introspect_opt, name) for name in introspect_opt.__all__]
-    + [_mixin.IntrospectionMixin],
+    + [_mixin.IntrospectableOptimizer],
     ids=lambda o: o.__name__,
 )
 def test_docstring_examples_run(obj: object) -> None:
@@ -103,4 +103,4 @@ def test_every_public_name_has_an_example_and_an_api_entry() -> None:
         # A Google-style "Examples:" section, indented: mkdocstrings renders it
         # as code; anything else turns the ">>>" lines into nested block quotes.
         assert re.search(r"^( *)Examples:\n\1    >>> ", obj.__doc__ or "", re.MULTILINE), name
-    assert ">>> " in (_mixin.IntrospectionMixin.current_learning_rate.__doc__ or "")
+    assert ">>> " in (_mixin.IntrospectableOptimizer.current_learning_rate.__doc__ or "")
