@@ -4,6 +4,8 @@ import os as _os
 import sys as _sys
 import typing as _typing
 
+from ._tf_keras_env import uses_legacy_keras as _uses_legacy_keras
+
 
 def _is_command_line() -> bool:
     """Whether this process is the command line, ``introspect-opt`` or ``python -m introspect_opt``.
@@ -20,7 +22,14 @@ def _is_command_line() -> bool:
     return any(original[i : i + 2] == ["-m", "introspect_opt"] for i in range(len(original)))
 
 
-if _typing.TYPE_CHECKING or not _is_command_line():
+# Where `tf.keras` is tf_keras (TF_USE_LEGACY_KERAS, read as TensorFlow reads it),
+# the same import gives the Keras 2 classes of introspect_opt.tf_keras.
+_KERAS_2 = not _typing.TYPE_CHECKING and _uses_legacy_keras()
+
+if _KERAS_2:
+    from .tf_keras import *  # noqa: F403
+    from .tf_keras import __all__ as _keras_2_names
+elif _typing.TYPE_CHECKING or not _is_command_line():
     from ._callbacks import LearningRateLogger as LearningRateLogger
     from ._diagnostics import last_update_diagnostics as last_update_diagnostics
     from ._diagnostics import record_diagnostics as record_diagnostics
@@ -29,6 +38,7 @@ if _typing.TYPE_CHECKING or not _is_command_line():
     from ._factory import introspectable as introspectable
     from ._history import keep_rate_history as keep_rate_history
     from ._history import rate_history as rate_history
+    from ._mixin import IntrospectableOptimizer as IntrospectableOptimizer
     from ._optimizers import IntrospectableAdadelta as IntrospectableAdadelta
     from ._optimizers import IntrospectableAdafactor as IntrospectableAdafactor
     from ._optimizers import IntrospectableAdagrad as IntrospectableAdagrad
@@ -65,6 +75,7 @@ __all__ = [
     "IntrospectableLion",
     "IntrospectableMuon",
     "IntrospectableNadam",
+    "IntrospectableOptimizer",
     "IntrospectableRMSprop",
     "IntrospectableSGD",
     "IntrospectableScheduleFreeAdamW",
@@ -86,7 +97,17 @@ __all__ = [
 ]
 
 
+if _KERAS_2:
+    _keras_3_names, __all__ = __all__, list(_keras_2_names)
+
+
 def __getattr__(name: str) -> _typing.Any:
+    if _KERAS_2 and name in _keras_3_names:
+        raise AttributeError(
+            f"introspect_opt.{name} is Keras 3 only: TF_USE_LEGACY_KERAS is set, so "
+            "introspect_opt gives the tf_keras (Keras 2) classes of introspect_opt.tf_keras "
+            "(see docs/keras2.md)."
+        )
     # The command line imported the package without the modules above: load
     # them on first use of a public name.
     if name not in __all__:
@@ -106,6 +127,7 @@ def _load() -> None:
             "_diagnostics",
             "_factory",
             "_history",
+            "_mixin",
             "_optimizers",
             "_plateau",
             "_preview",

@@ -14,7 +14,7 @@ import numpy as np
 from . import _diagnostics, _keras_private
 from ._mixin import IntrospectableOptimizer
 from ._resolve import describe_optimizer, resolve_optimizer, unwrap
-from ._state import host_float
+from ._state import AppliedRateState, host_float
 
 INTERVALS = ('"epoch"', '"batch"', "a positive int N (every N steps)")
 
@@ -25,7 +25,8 @@ def label(optimizer: Any) -> str:
     Keras names the second unnamed ``SGD`` of a process ``sgd_1``; log keys
     must not depend on how many optimizers a notebook created before.
     """
-    name = str(optimizer.name)
+    # (tf_keras's legacy optimizers keep it in their config only.)
+    name = str(getattr(optimizer, "name", None) or optimizer.get_config()["name"])
     chosen_by_keras = optimizer.__dict__.get("_introspect_default_name")
     numbered = re.fullmatch(r"(.+)_\d+", name)
     if not numbered or chosen_by_keras is False:
@@ -117,6 +118,159 @@ class StepCounter:
         return before
 
 
+class Keras3:
+    """How the logger finds and reads Keras 3 optimizers (tf_keras has its own)."""
+
+    @staticmethod
+    def check_optimizers(optimizers: Any) -> dict[str, Any] | None:
+        return check_optimizers(optimizers)
+
+    @staticmethod
+    def track(callback: str, model: Any, given: dict[str, Any] | None) -> list[Any]:
+        return tracked_optimizers(callback, model, given)
+
+    @staticmethod
+    def raw_steps(optimizer: Any) -> int:
+        return int(host_float(_keras_private.raw_step_counter(optimizer)))
+
+    @staticmethod
+    def enable_diagnostics(optimizer: Any) -> bool:
+        state = optimizer._ensure_introspection_state()
+        return bool(state.enable(optimizer, _diagnostics.DIAGNOSTICS.name))
+
+    @staticmethod
+    def diagnostics(optimizer: Any) -> dict[str, float]:
+        return _diagnostics.read(optimizer)
+
+
+class LoggerCore:
+    """What ``LearningRateLogger`` does, for any Keras world's callback to delegate to.
+
+    Keeps the arguments, the optimizers it logs, and a host-side step count;
+    puts ``<label>/<quantity>`` values into the logs it is handed.
+    """
+
+    def __init__(
+        self,
+        world: Any,
+        interval: Any,
+        hyperparameters: Any,
+        diagnostics: Any,
+        optimizers: Any,
+        removed: dict[str, Any],
+    ) -> None:
+        moved = sorted(set(removed) & {"every_step", "history_size", "log_dir"})
+        if moved:
+            raise TypeError(
+                f"LearningRateLogger no longer takes {', '.join(moved)} (since 0.2): "
+                "every step's rate goes to TensorBoard with its own callback, "
+                "introspect_opt.RateHistoryToTensorBoard(log_dir, interval=...)."
+            )
+        if removed:
+            raise TypeError(
+                f"LearningRateLogger got unexpected keyword arguments {sorted(removed)}."
+            )
+        self.world = world
+        self.interval = check_interval(interval)
+        if isinstance(hyperparameters, str):
+            hyperparameters = (hyperparameters,)
+        if hyperparameters is None:
+            hyperparameters = ()
+        if not isinstance(hyperparameters, Iterable):
+            raise ValueError(
+                "hyperparameters must be a tuple of names, e.g. ('momentum',); "
+                f"received {hyperparameters!r}."
+            )
+        self.hyperparameters = tuple(hyperparameters)
+        bad = [n for n in self.hyperparameters if not isinstance(n, str) or n == "learning_rate"]
+        if bad:
+            raise ValueError(
+                "hyperparameters must be names of optimizer hyperparameters other "
+                f"than learning_rate (always logged), e.g. ('momentum',); received "
+                f"{bad!r}."
+            )
+        if not isinstance(diagnostics, bool):
+            raise ValueError(f"diagnostics must be True or False; received {diagnostics!r}.")
+        self.diagnostics = diagnostics
+        self.given = world.check_optimizers(optimizers)
+        self.tracked: list[tuple[str, Any, bool]] = []
+        self.steps = StepCounter()
+        # Per label: (steps run, raw step counter) at the previous read and at
+        # the start of the epoch, to count the steps loss scaling skipped.
+        self.at_read: dict[str, tuple[int, int]] = {}
+        self.at_epoch: dict[str, tuple[int, int]] = {}
+
+    @property
+    def reads_batches(self) -> bool:
+        return self.interval != "epoch" or self.diagnostics
+
+    def train_begin(self, model: Any) -> None:
+        self.tracked = self.world.track("LearningRateLogger", model, self.given)
+        created = False
+        for name, optimizer, _ in self.tracked:
+            valid = _hyperparameter_names(optimizer)
+            missing = [n for n in self.hyperparameters if n not in valid]
+            if missing:
+                raise ValueError(
+                    f"LearningRateLogger: {describe_optimizer(optimizer)} ({name!r}) has "
+                    f"no scalar hyperparameter {missing!r}; valid names are {valid}."
+                )
+            if self.diagnostics:
+                created |= self.world.enable_diagnostics(optimizer)
+        if created:
+            retrace(model)
+        self.at_read = self._counters()
+
+    def _counters(self) -> dict[str, tuple[int, int]]:
+        return {
+            name: (self.steps.total, self.world.raw_steps(opt)) for name, opt, _ in self.tracked
+        }
+
+    def epoch_begin(self) -> None:
+        self.steps.start_epoch()
+        if self.diagnostics:
+            self.at_epoch = self._counters()
+
+    def batch_end(self, model: Any, batch: int, logs: dict[str, Any] | None) -> None:
+        before = self.steps.batch_end(batch)
+        interval = self.interval
+        if interval == "batch" or (
+            isinstance(interval, int) and self.steps.total // interval > before // interval
+        ):
+            self.read(model, logs, self.at_read)
+
+    def epoch_end(self, model: Any, logs: dict[str, Any] | None) -> None:
+        self.read(model, logs, self.at_epoch)
+
+    def read(
+        self, model: Any, logs: dict[str, Any] | None, since: dict[str, tuple[int, int]]
+    ) -> None:
+        if not self.tracked or logs is None:
+            return
+        if hasattr(model, "jax_state_sync"):
+            model.jax_state_sync()  # JAX keeps fit's state off the variables
+        for name, optimizer, wrapped in self.tracked:
+            logs[f"{name}/learning_rate"] = _applied_rate(optimizer)
+            for hyperparameter in self.hyperparameters:
+                logs[f"{name}/{hyperparameter}"] = _hyperparameter(optimizer, hyperparameter)
+            if self.diagnostics:
+                for key, value in self.world.diagnostics(optimizer).items():
+                    logs[f"{name}/{key}"] = value
+                if wrapped:
+                    logs[f"{name}/skipped_steps"] = float(self._skipped(name, optimizer, since))
+        self.at_read = self._counters()
+
+    def _skipped(self, name: str, optimizer: Any, since: dict[str, tuple[int, int]]) -> int:
+        """Steps since ``since`` that reached no update (loss scaling skipped them).
+
+        A skipped step never reaches the optimizer: its raw step counter
+        (micro-steps included) stands still while ``fit`` counts the step.
+        """
+        steps, counter = since.get(name, (self.steps.total, 0))
+        now: int = self.world.raw_steps(optimizer)
+        return max((self.steps.total - steps) - (now - counter), 0)
+
+
 class LearningRateLogger(keras.callbacks.Callback):
     """Writes the learning rate each update applied into Keras's logs.
 
@@ -186,115 +340,34 @@ class LearningRateLogger(keras.callbacks.Callback):
         **removed: Any,
     ) -> None:
         super().__init__()
-        moved = sorted(set(removed) & {"every_step", "history_size", "log_dir"})
-        if moved:
-            raise TypeError(
-                f"LearningRateLogger no longer takes {', '.join(moved)} (since 0.2): "
-                "every step's rate goes to TensorBoard with its own callback, "
-                "introspect_opt.RateHistoryToTensorBoard(log_dir, interval=...)."
-            )
-        if removed:
-            raise TypeError(
-                f"LearningRateLogger got unexpected keyword arguments {sorted(removed)}."
-            )
-        self.interval = check_interval(interval)
-        if isinstance(hyperparameters, str):
-            hyperparameters = (hyperparameters,)
-        if hyperparameters is None:
-            hyperparameters = ()
-        if not isinstance(hyperparameters, Iterable):
-            raise ValueError(
-                "hyperparameters must be a tuple of names, e.g. ('momentum',); "
-                f"received {hyperparameters!r}."
-            )
-        self.hyperparameters = tuple(hyperparameters)
-        bad = [n for n in self.hyperparameters if not isinstance(n, str) or n == "learning_rate"]
-        if bad:
-            raise ValueError(
-                "hyperparameters must be names of optimizer hyperparameters other "
-                f"than learning_rate (always logged), e.g. ('momentum',); received "
-                f"{bad!r}."
-            )
-        if not isinstance(diagnostics, bool):
-            raise ValueError(f"diagnostics must be True or False; received {diagnostics!r}.")
-        self.diagnostics = diagnostics
-        self._given = check_optimizers(optimizers)
-        self._tracked: list[tuple[str, Any, bool]] = []
-        self._steps = StepCounter()
-        # Per label: (steps run, raw step counter) at the previous read and at
-        # the start of the epoch, to count the steps loss scaling skipped.
-        self._at_read: dict[str, tuple[int, int]] = {}
-        self._at_epoch: dict[str, tuple[int, int]] = {}
-        if interval == "epoch" and not diagnostics:
+        self._core = LoggerCore(Keras3, interval, hyperparameters, diagnostics, optimizers, removed)
+        if not self._core.reads_batches:
             # No batch-level work: keep Keras's default (no-op) hook, so that
             # Keras may still dispatch batch callbacks asynchronously.
             self.on_train_batch_end = super().on_train_batch_end  # type: ignore[method-assign]
 
-    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self._tracked = tracked_optimizers("LearningRateLogger", self.model, self._given)
-        created = False
-        for name, optimizer, _ in self._tracked:
-            valid = _hyperparameter_names(optimizer)
-            missing = [n for n in self.hyperparameters if n not in valid]
-            if missing:
-                raise ValueError(
-                    f"LearningRateLogger: {describe_optimizer(optimizer)} ({name!r}) has "
-                    f"no scalar hyperparameter {missing!r}; valid names are {valid}."
-                )
-            if self.diagnostics:
-                state = optimizer._ensure_introspection_state()
-                created |= state.enable(optimizer, _diagnostics.DIAGNOSTICS.name)
-        if created:
-            retrace(self.model)
-        self._at_read = self._counters()
+    @property
+    def interval(self) -> str | int:
+        """When it reads: ``"epoch"``, ``"batch"`` or every N steps."""
+        interval: str | int = self._core.interval
+        return interval
 
-    def _counters(self) -> dict[str, tuple[int, int]]:
-        return {
-            name: (self._steps.total, int(host_float(_keras_private.raw_step_counter(opt))))
-            for name, opt, _ in self._tracked
-        }
+    @property
+    def hyperparameters(self) -> tuple[str, ...]:
+        """The other hyperparameters it logs."""
+        return self._core.hyperparameters
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._core.train_begin(self.model)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._steps.start_epoch()
-        if self.diagnostics:
-            self._at_epoch = self._counters()
+        self._core.epoch_begin()
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        before = self._steps.batch_end(batch)
-        interval = self.interval
-        if interval == "batch" or (
-            isinstance(interval, int) and self._steps.total // interval > before // interval
-        ):
-            self._read(logs, self._at_read)
+        self._core.batch_end(self.model, batch, logs)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._read(logs, self._at_epoch)
-
-    def _read(self, logs: dict[str, Any] | None, since: dict[str, tuple[int, int]]) -> None:
-        if not self._tracked or logs is None:
-            return
-        if hasattr(self.model, "jax_state_sync"):
-            self.model.jax_state_sync()  # JAX keeps fit's state off the variables
-        for name, optimizer, wrapped in self._tracked:
-            logs[f"{name}/learning_rate"] = _applied_rate(optimizer)
-            for hyperparameter in self.hyperparameters:
-                logs[f"{name}/{hyperparameter}"] = _hyperparameter(optimizer, hyperparameter)
-            if self.diagnostics:
-                for key, value in _diagnostics.read(optimizer).items():
-                    logs[f"{name}/{key}"] = value
-                if wrapped:
-                    logs[f"{name}/skipped_steps"] = float(self._skipped(name, optimizer, since))
-        self._at_read = self._counters()
-
-    def _skipped(self, name: str, optimizer: Any, since: dict[str, tuple[int, int]]) -> int:
-        """Steps since ``since`` that reached no update (loss scaling skipped them).
-
-        A skipped step never reaches the optimizer: its raw step counter
-        (micro-steps included) stands still while ``fit`` counts the step.
-        """
-        steps, counter = since.get(name, (self._steps.total, 0))
-        now = int(host_float(_keras_private.raw_step_counter(optimizer)))
-        return max((self._steps.total - steps) - (now - counter), 0)
+        self._core.epoch_end(self.model, logs)
 
 
 def _applied_rate(optimizer: Any) -> float:
@@ -305,7 +378,7 @@ def _applied_rate(optimizer: Any) -> float:
     at every interval.
     """
     state = optimizer.__dict__.get("_introspection_state")
-    core = None if state is None else state.core()
+    core = state.core() if isinstance(state, AppliedRateState) else None
     if core is not None and int(host_float(core[1])) == int(host_float(optimizer.iterations)):
         return host_float(core[0])
     return host_float(optimizer.current_learning_rate)

@@ -41,8 +41,8 @@ def _check_class(optimizer_class: Any) -> None:
         raise TypeError(
             "introspectable() expects a subclass of keras.optimizers.Optimizer "
             f"(Keras 3); received {optimizer_class.__module__}."
-            f"{optimizer_class.__qualname__}. Legacy `tf.keras` / `tf_keras` "
-            "optimizers are not supported: use the Keras 3 class of the same name."
+            f"{optimizer_class.__qualname__}. For tf_keras (Keras 2) optimizers, "
+            "new and legacy, use introspect_opt.tf_keras.introspectable(...)."
         )
 
 

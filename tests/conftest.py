@@ -28,6 +28,14 @@ if BACKEND == "tensorflow":
     )
 
 
+# The tf_keras (Keras 2) suite runs in a pass of its own, with tf.keras set to
+# tf_keras before TensorFlow starts: `TF_USE_LEGACY_KERAS=1 pytest tests/tf_keras`.
+if os.environ.get("TF_USE_LEGACY_KERAS") in ("true", "True", "1"):
+    collect_ignore_glob = ["test_*.py"]
+else:
+    collect_ignore = ["tf_keras"]
+
+
 def _gpu_visible() -> bool:
     """Whether the Keras backend in use can see a GPU."""
     if BACKEND == "tensorflow":

@@ -1,0 +1,138 @@
+"""``LearningRateLogger`` for tf_keras (Keras 2) ``fit``: the same logger, a tf_keras callback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from . import _tf_keras_private as private
+from ._callbacks import LoggerCore, label
+from ._tf_keras_factory import resolve_optimizer
+from ._tf_keras_mechanism import _IntrospectionMixin
+
+
+class _TfKeras:
+    """How the logger finds and reads tf_keras optimizers (see ``_callbacks.Keras3``)."""
+
+    @staticmethod
+    def check_optimizers(optimizers: Any) -> dict[str, Any] | None:
+        if optimizers is None:
+            return None
+        if not isinstance(optimizers, Mapping) or not optimizers:
+            raise ValueError(
+                "optimizers must be a non-empty dict {label: optimizer}; "
+                f"received {optimizers!r}."
+            )
+        for key, given in optimizers.items():
+            if not isinstance(key, str) or not key:
+                raise ValueError(
+                    f"optimizers labels must be non-empty strings; received {list(optimizers)!r}."
+                )
+            inner = (
+                given.inner_optimizer if isinstance(given, private.LossScaleOptimizer) else given
+            )
+            if not isinstance(inner, _IntrospectionMixin):
+                raise TypeError(
+                    f"optimizers[{key!r}] must be an introspectable tf_keras optimizer (or a "
+                    f"LossScaleOptimizer around one); received {type(given).__name__} "
+                    f"{getattr(given, 'name', given)!r}. Create it as "
+                    "introspect_opt.tf_keras.Introspectable<Name>(...), or make it "
+                    "introspectable with introspect_opt.tf_keras.introspect(optimizer)."
+                )
+        return dict(optimizers)
+
+    @staticmethod
+    def track(callback: str, model: Any, given: dict[str, Any] | None) -> list[Any]:
+        def unwrap(value: Any) -> tuple[Any, bool]:
+            wrapped = isinstance(value, private.LossScaleOptimizer)
+            return (value.inner_optimizer if wrapped else value), wrapped
+
+        if given is not None:
+            return [(key, *unwrap(value)) for key, value in given.items()]
+        try:
+            optimizer = resolve_optimizer(model, callback)
+        except TypeError as error:
+            raise TypeError(f"{callback} cannot read this model's rate: {error}") from None
+        return [(label(optimizer), optimizer, unwrap(model.optimizer)[1])]
+
+    @staticmethod
+    def raw_steps(optimizer: Any) -> int:
+        return 0  # only used for diagnostics, which tf_keras optimizers do not record
+
+
+class LearningRateLogger(private.Callback):
+    """Writes the learning rate each update applied into tf_keras ``fit``'s logs.
+
+    The Keras 2 twin of ``introspect_opt.LearningRateLogger`` (same intervals,
+    same keys): ``History``, ``CSVLogger``, the progress bar and tf_keras's
+    ``TensorBoard`` show the rate the updates actually used. Keys are
+    ``"<label>/learning_rate"`` (and ``"<label>/<name>"`` for each of
+    ``hyperparameters``), the label being the optimizer's ``name`` (tf_keras
+    names optimizers after their class: ``"SGD"``, ``"Adam"``) or the keys of
+    ``optimizers``. tf_keras's own callbacks log the *next* step's rate, as
+    ``lr`` (``ReduceLROnPlateau``, ``LearningRateScheduler``) or
+    ``learning_rate`` (``TensorBoard``); see docs/keras2.md. Per-update
+    diagnostics are Keras 3 only. Put it before ``CSVLogger`` and
+    ``TensorBoard`` in the callback list.
+
+    Args:
+        interval: ``"epoch"``, ``"batch"`` (after every call of the train
+            function) or a positive int ``N`` (every ``N`` steps).
+        hyperparameters: Names of other numeric hyperparameters to log, e.g.
+            ``("momentum",)``: any numeric entry of the optimizer's config.
+        optimizers: ``{label: optimizer}`` for optimizers held outside
+            ``model.optimizer``; by default ``model.optimizer``.
+
+    Raises:
+        ValueError: an argument is invalid (the message says what is valid).
+        TypeError: an optimizer is not introspectable (the message says how
+            to make it so).
+
+    Examples:
+        >>> import numpy as np, tf_keras
+        >>> from introspect_opt import tf_keras as introspect_tfk
+        >>> schedule = tf_keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.5)
+        >>> model = tf_keras.Sequential([tf_keras.layers.Dense(1, input_shape=(2,))])
+        >>> model.compile(introspect_tfk.IntrospectableSGD(schedule), loss="mse")
+        >>> history = model.fit(
+        ...     np.ones((8, 2)), np.ones((8, 1)), batch_size=4, epochs=2, verbose=0,
+        ...     callbacks=[introspect_tfk.LearningRateLogger()],
+        ... )
+        >>> [round(r, 6) for r in history.history["SGD/learning_rate"]]  # s(1), s(3)
+        [0.05, 0.0125]
+    """
+
+    def __init__(
+        self,
+        interval: str | int = "epoch",
+        *,
+        hyperparameters: Iterable[str] | None = (),
+        optimizers: Mapping[str, Any] | None = None,
+        **removed: Any,
+    ) -> None:
+        super().__init__()
+        if "diagnostics" in removed:
+            raise TypeError(
+                "LearningRateLogger(diagnostics=...) is Keras 3 only: tf_keras optimizers "
+                "record the applied rate, not per-update diagnostics."
+            )
+        self._core = LoggerCore(_TfKeras, interval, hyperparameters, False, optimizers, removed)
+
+    @property
+    def interval(self) -> str | int:
+        """When it reads: ``"epoch"``, ``"batch"`` or every N steps."""
+        interval: str | int = self._core.interval
+        return interval
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._core.train_begin(self.model)
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._core.epoch_begin()
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._core.reads_batches:
+            self._core.batch_end(self.model, batch, logs)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._core.epoch_end(self.model, logs)

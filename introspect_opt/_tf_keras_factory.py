@@ -1,0 +1,314 @@
+"""Making any tf_keras optimizer class, or instance, introspectable."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from . import _tf_keras_private as private
+from ._tf_keras_mechanism import (
+    LegacyIntrospectionMixin,
+    NewIntrospectionMixin,
+    _attach_state,
+    _IntrospectionMixin,
+)
+
+_O = TypeVar("_O")
+_C = TypeVar("_C", bound=type)
+
+PUBLIC_MODULE = "introspect_opt.tf_keras"
+PACKAGE = "introspect_opt"
+
+# tf_keras base class -> its introspectable subclass (one per base, forever).
+_CLASSES: dict[type, type] = {}
+
+_ABSTRACT = (private.NewOptimizer, private.LegacyOptimizer)
+
+
+def describe_value(value: Any) -> str:
+    """``value`` as an error message shows it: what it is, and where it comes from."""
+    if isinstance(value, type):
+        return f"the class {value.__module__}.{value.__qualname__}"
+    kind = type(value)
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} (an instance of {kind.__module__}.{kind.__qualname__})"
+
+
+def _is_keras3(value: Any) -> bool:
+    cls = value if isinstance(value, type) else type(value)
+    return any(c.__module__.split(".")[0] == "keras" for c in cls.__mro__)
+
+
+def _mixin_for(optimizer_class: type) -> type:
+    if issubclass(optimizer_class, private.NewOptimizer):
+        return NewIntrospectionMixin
+    return LegacyIntrospectionMixin
+
+
+def _check_class(optimizer_class: Any) -> None:
+    if not isinstance(optimizer_class, type):
+        raise TypeError(
+            "introspectable(optimizer_class) expects a tf_keras optimizer class such as "
+            "tf.keras.optimizers.Adam (with TF_USE_LEGACY_KERAS=1) or "
+            "tf.keras.optimizers.legacy.Adam; received "
+            f"{describe_value(optimizer_class)}. For an optimizer instance use "
+            "introspect_opt.tf_keras.introspect(optimizer)."
+        )
+    if issubclass(optimizer_class, private.LossScaleOptimizer):
+        raise TypeError(
+            f"introspectable(optimizer_class) received the wrapper "
+            f"{optimizer_class.__qualname__}, which applies no updates itself. Make the "
+            "optimizer it wraps introspectable instead, e.g. "
+            "tf.keras.mixed_precision.LossScaleOptimizer("
+            "introspect_opt.tf_keras.IntrospectableAdam(...)); `compile` under a "
+            "mixed_float16 policy does that wrapping for you."
+        )
+    if optimizer_class in _ABSTRACT:
+        raise TypeError(
+            "introspectable(optimizer_class) received the abstract base class "
+            f"{optimizer_class.__module__}.{optimizer_class.__qualname__}; pass a "
+            "concrete optimizer class such as tf.keras.optimizers.Adam, or your own "
+            "subclass."
+        )
+    if issubclass(optimizer_class, (private.NewOptimizer, private.LegacyOptimizer)):
+        return
+    if _is_keras3(optimizer_class):
+        raise TypeError(
+            "introspectable(optimizer_class) received "
+            f"{describe_value(optimizer_class)}, a Keras 3 optimizer class; "
+            "introspect_opt.tf_keras handles tf_keras (Keras 2) classes only. Use "
+            "the Keras 3 function `introspect_opt.introspectable` (the top-level "
+            "package without TF_USE_LEGACY_KERAS=1), or pass the tf_keras class of "
+            "the same name, e.g. tf_keras.optimizers.Adam."
+        )
+    raise TypeError(
+        "introspectable(optimizer_class) expects a subclass of "
+        "tf_keras.optimizers.Optimizer or tf_keras.optimizers.legacy.Optimizer; "
+        f"received {describe_value(optimizer_class)}."
+    )
+
+
+def ready_made(base: type) -> Callable[[_C], _C]:
+    """Declares a hand-written class as *the* introspectable subclass of ``base``."""
+
+    def declare(cls: _C) -> _C:
+        _finish(cls, base, PACKAGE, cls.__name__)
+        cls.__module__ = PUBLIC_MODULE
+        return cls
+
+    return declare
+
+
+def _finish(cls: Any, base: type, package: str, registered: str) -> None:
+    cls._introspect_base = base
+    cls.__signature__ = inspect.signature(base)
+    private.register_serializable(cls, package, registered)
+    private.alias_bare_name(cls)
+    _CLASSES[base] = cls
+
+
+def introspectable(optimizer_class: type[_O]) -> type[_O]:
+    """Returns the introspectable subclass of a tf_keras (Keras 2) optimizer class.
+
+    The subclass, named ``Introspectable<ClassName>``, has the same
+    constructor, config and bit-identical updates, adds
+    ``current_learning_rate``, and is registered for tf_keras serialization
+    under the package ``introspect_opt`` (``introspect_opt.<module>`` for
+    classes from outside tf_keras), so ``load_model`` finds it without
+    ``custom_objects``. For tf_keras's own optimizers it returns the ready-made
+    classes (``IntrospectableAdam``, ``IntrospectableLegacyAdam``, ...).
+    Repeated calls return the same class; a class that already is
+    introspectable is returned as is. New optimizers
+    (``tf.keras.optimizers.*``) and legacy ones
+    (``tf.keras.optimizers.legacy.*``) are both accepted.
+
+    Args:
+        optimizer_class: A subclass of ``tf_keras.optimizers.Optimizer`` or of
+            ``tf_keras.optimizers.legacy.Optimizer``: a built-in one or your own.
+
+    Returns:
+        The introspectable subclass.
+
+    Raises:
+        TypeError: ``optimizer_class`` is not a tf_keras optimizer class (a
+            Keras 3 class, an instance, anything else), is abstract, or is a
+            wrapper such as ``LossScaleOptimizer``.
+
+    Examples:
+        >>> import tf_keras
+        >>> from introspect_opt import tf_keras as introspect_tfk
+        >>> Lion = introspect_tfk.introspectable(tf_keras.optimizers.Lion)
+        >>> Lion is introspect_tfk.IntrospectableLion
+        True
+        >>> LegacyAdam = introspect_tfk.introspectable(tf_keras.optimizers.legacy.Adam)
+        >>> LegacyAdam.__name__
+        'IntrospectableLegacyAdam'
+        >>> class Mine(tf_keras.optimizers.SGD):
+        ...     pass
+        >>> opt = introspect_tfk.introspectable(Mine)(learning_rate=0.05)
+        >>> type(opt).__name__, round(float(opt.current_learning_rate), 6)
+        ('IntrospectableMine', 0.05)
+    """
+    from . import _tf_keras_optimizers  # noqa: F401  (declares the ready-made classes)
+
+    _check_class(optimizer_class)
+    if issubclass(optimizer_class, _IntrospectionMixin):
+        return optimizer_class
+    cls = _CLASSES.get(optimizer_class)
+    if cls is None:
+        name = f"Introspectable{optimizer_class.__name__}"
+        cls = type(
+            name,
+            (_mixin_for(optimizer_class), optimizer_class),
+            {
+                "__module__": optimizer_class.__module__,
+                "__qualname__": name,
+                "__doc__": (
+                    f"``{optimizer_class.__qualname__}`` that records the learning rate "
+                    "each update applied (made by "
+                    "``introspect_opt.tf_keras.introspectable``)."
+                ),
+            },
+        )
+        _finish(
+            cls,
+            optimizer_class,
+            f"{PACKAGE}.{optimizer_class.__module__}",
+            f"Introspectable{optimizer_class.__qualname__}",
+        )
+    return cls
+
+
+def introspect(optimizer: _O) -> _O:
+    """Makes a tf_keras optimizer instance somebody else built introspectable, in place.
+
+    The instance becomes an instance of ``introspectable(type(optimizer))``
+    (a subclass of its class, so ``isinstance`` checks still hold); its
+    cached-rate state is created now, in the scope of the strategy it was
+    created under. Nothing else about it changes and training continues
+    bit-identically. Until its next update, ``current_learning_rate`` is
+    derived from its step counter: for a schedule, the rate the last update
+    applied (up to rounding); for a float rate, the rate variable's current
+    value. Call it before the first traced step: a train function tf_keras
+    traced earlier keeps the old update code until it is traced again.
+
+    Args:
+        optimizer: A tf_keras optimizer instance, new or legacy (not a
+            ``LossScaleOptimizer``: pass its ``inner_optimizer``).
+
+    Returns:
+        The same object.
+
+    Raises:
+        TypeError: ``optimizer`` is not a tf_keras optimizer instance, or is a
+            wrapper.
+
+    Examples:
+        >>> import tf_keras
+        >>> from introspect_opt import tf_keras as introspect_tfk
+        >>> opt = tf_keras.optimizers.legacy.Adam(learning_rate=0.01)  # made elsewhere
+        >>> opt = introspect_tfk.introspect(opt)
+        >>> isinstance(opt, tf_keras.optimizers.legacy.Adam), type(opt).__name__
+        (True, 'IntrospectableLegacyAdam')
+        >>> round(float(opt.current_learning_rate), 6)
+        0.01
+    """
+    if isinstance(optimizer, type) or not isinstance(
+        optimizer, (private.NewOptimizer, private.LegacyOptimizer)
+    ):
+        if isinstance(optimizer, type):
+            hint = " Use introspect_opt.tf_keras.introspectable(cls) for classes."
+        elif _is_keras3(optimizer):
+            hint = (
+                " That is a Keras 3 optimizer: use the Keras 3 function "
+                "`introspect_opt.introspect` (the top-level package without "
+                "TF_USE_LEGACY_KERAS=1)."
+            )
+        else:
+            hint = ""
+        raise TypeError(
+            "introspect(optimizer) expects a tf_keras optimizer instance such as "
+            "tf.keras.optimizers.Adam(...) or tf.keras.optimizers.legacy.Adam(...); "
+            f"received {describe_value(optimizer)}.{hint}"
+        )
+    if isinstance(optimizer, private.LossScaleOptimizer):
+        raise TypeError(
+            f"introspect(optimizer) received a {type(optimizer).__name__}, which applies "
+            "no updates itself: pass the optimizer it wraps, "
+            "introspect(optimizer.inner_optimizer)."
+        )
+    if isinstance(optimizer, _IntrospectionMixin):
+        return optimizer
+    instance: Any = optimizer
+    instance.__class__ = introspectable(type(instance))
+    _attach_state(instance, instance._introspect_rate_dtype())
+    if isinstance(instance, private.NewOptimizer):
+        private.forget_coalesced_children(instance)
+    return optimizer
+
+
+def resolve_optimizer(obj: Any, caller: str) -> Any:
+    """The introspectable optimizer behind a model, a LossScaleOptimizer or itself."""
+    optimizer = obj
+    if isinstance(optimizer, private.Model):
+        optimizer = getattr(obj, "optimizer", None)
+        if optimizer is None:
+            raise TypeError(
+                f"{caller} received the model '{obj.name}', which is not compiled: "
+                "compile it with an introspectable optimizer first."
+            )
+    if isinstance(optimizer, private.LossScaleOptimizer):
+        optimizer = optimizer.inner_optimizer
+    if isinstance(optimizer, _IntrospectionMixin):
+        return optimizer
+    if isinstance(optimizer, (private.NewOptimizer, private.LegacyOptimizer)):
+        raise TypeError(
+            f"{caller} received {describe_value(obj)}, whose optimizer "
+            f"{type(optimizer).__name__} does not record the rate it applies. Use an "
+            "introspectable class (e.g. introspect_opt.tf_keras.IntrospectableSGD), or "
+            "convert the instance with introspect_opt.tf_keras.introspect(optimizer) "
+            "before training."
+        )
+    hint = (
+        " That is a Keras 3 object: use the Keras 3 function "
+        "`introspect_opt.current_learning_rate`."
+        if _is_keras3(obj)
+        else ""
+    )
+    raise TypeError(
+        f"{caller} expects an introspectable tf_keras optimizer, a tf_keras "
+        "LossScaleOptimizer around one, or a tf_keras model compiled with either; "
+        f"received {describe_value(obj)}.{hint}"
+    )
+
+
+def current_learning_rate(obj: Any) -> Any:
+    """The learning rate the last applied update used, from whatever holds it.
+
+    Looks through a compiled model (``model.optimizer``) and a
+    ``LossScaleOptimizer`` (``inner_optimizer``; under a ``mixed_float16``
+    policy, tf_keras's ``compile`` wraps the optimizer in one).
+
+    Args:
+        obj: An introspectable tf_keras optimizer (new or legacy), a
+            ``LossScaleOptimizer`` around one, or a tf_keras model compiled with
+            either.
+
+    Returns:
+        A scalar tensor, as ``optimizer.current_learning_rate``.
+
+    Raises:
+        TypeError: ``obj`` holds a plain optimizer, or none at all.
+
+    Examples:
+        >>> import tf_keras
+        >>> from introspect_opt import tf_keras as introspect_tfk
+        >>> model = tf_keras.Sequential([tf_keras.layers.Dense(1, input_shape=(2,))])
+        >>> model.compile(introspect_tfk.IntrospectableAdam(0.05), loss="mse")
+        >>> round(float(introspect_tfk.current_learning_rate(model)), 6)
+        0.05
+    """
+    return resolve_optimizer(obj, "current_learning_rate(obj)").current_learning_rate

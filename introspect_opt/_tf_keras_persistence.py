@@ -1,0 +1,217 @@
+"""Loading and saving tf_keras optimizer state: all or nothing, nothing lost.
+
+tf_keras's own loaders are lenient in ways that lose state silently:
+
+* ``.keras`` / ``.weights.h5``: ``Optimizer.load_own_variables`` skips *all*
+  optimizer state, with a log message only, when the entry count differs
+  (for instance when the optimizer is not built yet).
+* HDF5 (``model.save("m.h5")``) calls ``optimizer.set_weights``; the new
+  optimizer's version zips (extra or missing entries pass silently) and
+  assigns entry by entry before it checks the next shape, and
+  ``load_model`` turns any ``ValueError`` from it into a log message.
+
+Here every entry is read and checked first, then everything is assigned. The
+errors are ``RuntimeError``, so that the HDF5 loader cannot swallow them.
+The cached rate travels in ``.keras`` / ``.weights.h5`` files as a group of its
+own next to the optimizer's (``<optimizer path>/_introspection_state/vars``),
+which plain optimizers never read; formats that only hold the optimizer's own
+variables (HDF5 model files, ``set_weights``) leave the cache stale, and the
+rate is then derived from the restored step counter.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _tf_keras_private as private
+from ._tf_keras_state import COUNT_KEY, RATE_KEY, STATE_KEYS, STATE_NAME, AppliedRateState
+
+_KEEP_STATE = (
+    "To load the model's weights and keep this optimizer's current state, use "
+    "`model.load_weights(path, skip_mismatch=True)` (or `load_model(path, compile=False)`)."
+)
+
+
+def describe(optimizer: Any) -> str:
+    # The new optimizer has `name`; the legacy one only `_name`.
+    name = getattr(optimizer, "name", None) or getattr(optimizer, "_name", "?")
+    return f"{type(optimizer).__name__} '{name}'"
+
+
+def _kind(dtype: np.dtype[Any]) -> str | None:
+    if np.issubdtype(dtype, np.floating):
+        return "float"
+    if np.issubdtype(dtype, np.integer):
+        return "int"
+    if np.issubdtype(dtype, np.bool_):
+        return "bool"
+    return None
+
+
+def _read(value: Any) -> np.ndarray:
+    """A file entry, tensor, variable or array as a NumPy array (read once)."""
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError):  # e.g. a distributed variable
+        import tensorflow as tf
+
+        return np.asarray(tf.identity(value).numpy())
+
+
+def _check_arrays(
+    optimizer: Any, variables: Sequence[Any], arrays: Sequence[np.ndarray], source: str
+) -> list[np.ndarray]:
+    """Checks shapes and dtypes against the variables; returns arrays ready to assign."""
+    problems = []
+    for index, (variable, array) in enumerate(zip(variables, arrays, strict=True)):
+        target = np.dtype(variable.dtype.as_numpy_dtype)
+        if tuple(array.shape) != tuple(variable.shape):
+            found = f"shape {array.shape}, expected {tuple(variable.shape)}"
+        elif _kind(array.dtype) is None or _kind(array.dtype) != _kind(target):
+            found = f"dtype {array.dtype}, expected {target}"
+        else:
+            continue
+        problems.append(f"entry {index} ({variable.name}) has {found}")
+    if problems:
+        raise RuntimeError(
+            f"Cannot restore the state of {describe(optimizer)} from {source}: "
+            + "; ".join(problems)
+            + ". Nothing was loaded into the optimizer. The file was written by a "
+            "different optimizer (class or arguments) or for a different model. " + _KEEP_STATE
+        )
+    dtypes = [np.dtype(v.dtype.as_numpy_dtype) for v in variables]
+    return [array.astype(dtype) for array, dtype in zip(arrays, dtypes, strict=True)]
+
+
+def _count_error(optimizer: Any, source: str, in_file: int, ours: int) -> RuntimeError:
+    text = (
+        f"Cannot restore the state of {describe(optimizer)} from {source}: the file "
+        f"holds {in_file} optimizer variables, this optimizer has {ours}. Nothing was "
+        "loaded into the optimizer (plain tf_keras would skip it all with only a "
+        "log message). "
+    )
+    if ours <= 1 < in_file:
+        text += (
+            "This optimizer has no slot variables yet (it is not built): "
+            f"{optimizer._introspect_build_hint} "
+        )
+    else:
+        text += (
+            "The file was written by a different optimizer (class or arguments, "
+            "e.g. momentum) or for a different model: load it with the optimizer "
+            "it was saved with. "
+        )
+    return RuntimeError(text + _KEEP_STATE)
+
+
+def _assign_all(variables: Sequence[Any], arrays: Sequence[np.ndarray]) -> None:
+    import tensorflow as tf
+
+    with tf.init_scope():
+        for variable, array in zip(variables, arrays, strict=True):
+            variable.assign(array)
+
+
+def set_weights(optimizer: Any, weights: Any) -> None:
+    """``optimizer.set_weights`` for built optimizers, all or nothing.
+
+    The file or list carries no cached rate: it is marked stale, and
+    ``current_learning_rate`` derives the rate from the restored counter.
+    """
+    variables = optimizer._introspect_plain_variables()
+    arrays = [_read(w) for w in weights]
+    source = "the weights passed to set_weights() (from an HDF5 model file, if loading one)"
+    if len(arrays) != len(variables):
+        raise _count_error(optimizer, source, len(arrays), len(variables))
+    ready = _check_arrays(optimizer, variables, arrays, source)
+    _assign_all(variables, ready)
+    optimizer._introspection_state.forget()
+
+
+def _state_entries(store: Any, source: str) -> dict[str, np.ndarray] | None:
+    """The cached rate saved next to an optimizer's entries, validated; None if absent."""
+    parent = private.h5_parent(store)
+    if parent is None or STATE_NAME not in parent or "vars" not in parent[STATE_NAME]:
+        return None
+    group = parent[STATE_NAME]["vars"]
+    keys = sorted(group.keys())
+    entries = {key: _read(group[key]) for key in keys}
+    valid = (
+        keys == sorted(STATE_KEYS)
+        and all(entries[k].shape == () for k in keys)
+        and _kind(entries[RATE_KEY].dtype) == "float"
+        and _kind(entries[COUNT_KEY].dtype) == "int"
+    )
+    if not valid:
+        found = {k: f"{v.dtype}{list(v.shape)}" for k, v in entries.items()}
+        raise RuntimeError(
+            f"Cannot restore the applied learning rate from {source}/../{STATE_NAME}: "
+            f"expected a float scalar '{RATE_KEY}' and an integer scalar "
+            f"'{COUNT_KEY}', found {found}. Nothing was loaded into the optimizer. "
+            "The file is damaged or was not written by introspect_opt. " + _KEEP_STATE
+        )
+    return entries
+
+
+def save_keras_entries(optimizer: Any, store: Any) -> None:
+    """Writes the cached rate beside the optimizer's own entries (h5 stores only)."""
+    parent = private.h5_parent(store)
+    if parent is None:
+        return  # npz weights format: the rate is derived on load
+    group = parent.require_group(STATE_NAME).require_group("vars")
+    for key, value in optimizer._introspection_state.values().items():
+        group[key] = value
+
+
+def load_keras_entries(optimizer: Any, store: Any) -> None:
+    """``load_own_variables`` for ``.keras`` / ``.weights.h5``: check all, then assign."""
+    source = private.describe_store(store)
+    state: AppliedRateState = optimizer._introspection_state
+    variables = optimizer._introspect_plain_variables()
+    keys = list(store.keys())
+    cached = _state_entries(store, source)
+    if not keys:
+        if cached is not None:
+            raise RuntimeError(
+                f"Cannot restore the state of {describe(optimizer)} from {source}: the "
+                f"file holds a cached rate ({STATE_NAME}) but no optimizer variables. "
+                "Nothing was loaded into the optimizer. The file is damaged. " + _KEEP_STATE
+            )
+        warnings.warn(
+            f"{source} holds no optimizer state; {describe(optimizer)} keeps its current state.",
+            stacklevel=4,
+        )
+        return
+    if sorted(keys) != sorted(str(i) for i in range(len(keys))):
+        raise RuntimeError(
+            f"Cannot restore the state of {describe(optimizer)} from {source}: expected "
+            f"entries '0' to '{len(keys) - 1}', found {sorted(keys)}. Nothing was loaded "
+            "into the optimizer. The file is damaged or was not written by tf_keras. " + _KEEP_STATE
+        )
+    arrays = [_read(store[str(i)]) for i in range(len(keys))]
+    if len(arrays) == 1 < len(variables):
+        # Saved before the optimizer was built (e.g. right after `compile`): only the
+        # step counter. Fine if it never updated: its slots were the initial
+        # values this optimizer still holds. Otherwise its slots are missing.
+        counter = _check_arrays(optimizer, variables[:1], arrays, source)
+        if int(counter[0]) != 0:
+            raise RuntimeError(
+                f"Cannot restore the state of {describe(optimizer)} from {source}: the "
+                f"file holds the step counter ({int(counter[0])}) of an optimizer that "
+                "was not built, without its slot variables (momentum, moments, ...). "
+                "Nothing was loaded into the optimizer. Save the model again after its "
+                "optimizer is built (after one training step, or "
+                "`model.optimizer.build(model.trainable_variables)`). " + _KEEP_STATE
+            )
+        _assign_all(variables[:1], counter)
+        state.assign_values(cached)
+        return
+    if len(arrays) != len(variables):
+        raise _count_error(optimizer, source, len(arrays), len(variables))
+    ready = _check_arrays(optimizer, variables, arrays, source)
+    _assign_all(variables, ready)
+    state.assign_values(cached)

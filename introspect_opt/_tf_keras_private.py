@@ -1,0 +1,216 @@
+"""Every use of tf_keras (Keras 2) internals, in one place.
+
+tf_keras has no public hook for "the learning rate an update applied" nor for
+"evaluate the rate at another step". Each name below wraps exactly one private
+name of tf_keras or TensorFlow. They were checked against tf-keras 2.21.0 with
+TensorFlow 2.21; ``tests/tf_keras/test_tfk_private.py`` fails loudly when a
+release changes any of them.
+
+This module is the first to import ``tf_keras``: importing it without the
+``tf-keras`` package installed raises an ``ImportError`` that says what to
+install. Nothing outside the ``_tf_keras_*`` modules imports it, so the Keras 3
+package keeps working where tf-keras is absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+try:
+    import tf_keras
+except ImportError as error:  # pragma: no cover - exercised only without tf-keras
+    raise ImportError(
+        "introspect_opt.tf_keras needs the tf-keras package (Keras 2), which is not "
+        f"installed ({error}). Install it with `pip install 'introspect-opt[tf-keras]'`, "
+        "or `pip install tf-keras==<your TensorFlow's major.minor>.*`; for Keras 3 "
+        "use the classes of the top-level `introspect_opt` package instead."
+    ) from error
+
+import tensorflow as tf
+from tf_keras.src.optimizers import optimizer as _new_optimizer_module
+from tf_keras.src.optimizers.legacy import optimizer_v2 as _legacy_optimizer_module
+
+NewOptimizer: Any = tf_keras.optimizers.Optimizer
+LegacyOptimizer: Any = tf_keras.optimizers.legacy.Optimizer
+LearningRateSchedule: Any = tf_keras.optimizers.schedules.LearningRateSchedule
+Model: Any = tf_keras.Model
+Callback: Any = tf_keras.callbacks.Callback
+# One public name covers both wrappers: LossScaleOptimizer (around a legacy
+# optimizer) and LossScaleOptimizerV3 (around a new one) share this base.
+LossScaleOptimizer: Any = tf_keras.mixed_precision.LossScaleOptimizer
+
+
+def floatx() -> str:
+    """tf_keras's default float dtype (``tf.keras.backend.floatx()``)."""
+    return str(tf_keras.backend.floatx())
+
+
+def register_serializable(cls: Any, package: str, name: str) -> None:
+    """Registers a class for tf_keras serialization as ``package>name``."""
+    tf_keras.saving.register_keras_serializable(package=package, name=name)(cls)
+
+
+def alias_bare_name(cls: Any) -> None:
+    """Makes the bare class name resolve too, without changing the registered name.
+
+    A ``LossScaleOptimizer`` serializes its inner optimizer in the new format
+    (``class_name`` plus ``registered_name``), but an HDF5 ``load_model``
+    deserializes it the legacy way, by ``class_name`` alone: "Unknown
+    optimizer: 'IntrospectableSGD'" for any registered optimizer (tf-keras
+    2.21). ``get_custom_objects()`` is the public, mutable global registry; an
+    existing entry of that name is left alone.
+    """
+    tf_keras.saving.get_custom_objects().setdefault(cls.__name__, cls)
+
+
+assert _new_optimizer_module.Optimizer is NewOptimizer
+assert _legacy_optimizer_module.OptimizerV2 is LegacyOptimizer
+
+# --- the per-update hooks --------------------------------------------------
+#
+# Both optimizer families run their variable updates through
+# ``tf.__internal__.distribute.interim.maybe_merge_call(fn, strategy, ...)``:
+# ``fn`` runs once per applied update, in cross-replica context (or, where a
+# strategy needs no merge call, in each replica), after the gradients were
+# aggregated and clipped, and it increments ``iterations`` itself. A
+# ``LossScaleOptimizer`` never calls it on a step it skips.
+
+# New optimizer (tf_keras/src/optimizers/optimizer.py, ``Optimizer``):
+# ``fn(distribution, grads_and_vars)``. Every ``update_step`` (and weight
+# decay) reads ``tf.cast(self.learning_rate, variable.dtype)``: the learning-rate
+# variable for a float rate, and for a schedule the variable
+# ``_current_learning_rate``, which ``apply_gradients`` assigns
+# ``schedule(iterations)`` before anything else.
+NEW_UPDATE_HOOK = "_distributed_apply_gradients_fn"
+
+# Legacy optimizer (tf_keras/src/optimizers/legacy/optimizer_v2.py,
+# ``OptimizerV2``): ``fn(distribution, grads_and_vars, apply_state, name)``.
+# ``apply_gradients`` computes ``apply_state[(device, dtype)]["lr_t"] =
+# tf.identity(self._decayed_lr(dtype))`` before the merge call; every built-in
+# ``_resource_apply_dense`` / ``_resource_apply_sparse`` reads that tensor.
+LEGACY_UPDATE_HOOK = "_distributed_apply"
+LEGACY_RATE_KEY = "lr_t"
+
+# The names under which ``tf.train.Checkpoint`` finds an optimizer's step
+# counter (and, for the new optimizer, its variable list). A restore that asks
+# for one of them restores ``iterations``.
+NEW_STEP_CHILDREN = frozenset({"_iterations", "_variables"})
+LEGACY_STEP_CHILDREN = frozenset({"iter"})
+
+# TensorFlow's checkpointing protocol (tensorflow/python/checkpoint/restore.py,
+# ``_queue_children_for_restoration``): while restoring, TensorFlow asks every
+# object for each child the checkpoint holds, by name, passing the object's
+# children as the second argument; only afterwards does it assign all restored
+# values at once. ``Trackable._track_trackable`` asks too, without it.
+RESTORE_HOOK = "_lookup_dependency"
+
+
+def is_restore_lookup(cached_dependencies: Any) -> bool:
+    """Whether a ``_lookup_dependency`` call comes from a checkpoint restore."""
+    return cached_dependencies is not None
+
+
+def new_learning_rate_source(optimizer: Any) -> Any:
+    """What a new optimizer's rate comes from: a schedule or the rate variable."""
+    return optimizer._learning_rate
+
+
+def forget_coalesced_children(optimizer: Any) -> None:
+    """Makes a new optimizer list its checkpoint children afresh.
+
+    ``_BaseOptimizer._trackable_children`` computes them once and keeps them in
+    ``_coalesced_children``; a child attached later (by ``introspect()``) would
+    otherwise never be saved.
+    """
+    optimizer.__dict__.pop("_coalesced_children", None)
+
+
+def legacy_rate_hyper(optimizer: Any, dtype: Any) -> Any:
+    """A legacy optimizer's ``learning_rate`` hyperparameter, as ``_decayed_lr`` reads it."""
+    return optimizer._get_hyper("learning_rate", dtype)
+
+
+def legacy_initial_decay(optimizer: Any) -> float:
+    """The legacy ``decay`` argument (``lr / (1 + decay * step)``), 0.0 when unused."""
+    return float(optimizer._initial_decay)
+
+
+def legacy_decayed_lr(optimizer: Any, dtype: Any) -> Any:
+    """The legacy optimizer's own rate at the current ``iterations``."""
+    return optimizer._decayed_lr(dtype)
+
+
+def legacy_create_counter_and_hypers(optimizer: Any) -> bool:
+    """Creates a legacy optimizer's ``iterations`` and hyperparameter variables if missing.
+
+    ``OptimizerV2`` creates them at its first ``apply_gradients``
+    (``_create_all_weights``); a checkpoint restored before that keeps their
+    values waiting inside TensorFlow, and a save in between drops them.
+    Returns whether anything was created.
+    """
+    missing = optimizer._iterations is None or not optimizer._hypers_created
+    if missing:
+        # The name scope apply_gradients creates them under.
+        with tf.name_scope(optimizer._name), tf.init_scope():
+            _ = optimizer.iterations
+            optimizer._create_hypers()
+    return bool(missing)
+
+
+def new_pending_slot_restores(optimizer: Any) -> int:
+    """How many of a new optimizer's variables a checkpoint restore left waiting for ``build``.
+
+    ``tf.train.Checkpoint`` keeps the values of ``_variables/<i>`` that do not
+    exist yet in the list's ``_deferred_dependencies`` until ``build`` creates
+    them.
+    """
+    return len(getattr(optimizer._variables, "_deferred_dependencies", {}) or {})
+
+
+def track(owner: Any, child: Any, name: str) -> None:
+    """Makes ``child`` a named checkpoint dependency of a legacy optimizer.
+
+    ``OptimizerV2`` is a plain ``Trackable``: attribute assignment does not
+    track. Tracking by name also restores a checkpoint value that waited for it.
+    """
+    owner._track_trackable(child, name=name, overwrite=True)
+
+
+@contextlib.contextmanager
+def strategy_scope(optimizer: Any) -> Iterator[None]:
+    """The scope of the strategy an optimizer was created under, if not entered already."""
+    strategy = getattr(optimizer, "_distribution_strategy", None)
+    if strategy is None or tf.distribute.has_strategy():
+        yield
+    else:
+        with strategy.scope():
+            yield
+
+
+def is_dtensor(optimizer: Any) -> bool:
+    """Whether a new optimizer runs with DTensor (``mesh=``, or a DTensor strategy)."""
+    return bool(getattr(optimizer, "_mesh", None) or getattr(optimizer, "_run_with_dtensor", False))
+
+
+def h5_parent(store: Any) -> Any:
+    """The h5py group around a ``.keras`` / ``.weights.h5`` entry group, or None.
+
+    tf_keras's saving_lib hands an optimizer the h5py group ``<path>/vars`` of
+    its own entries (``H5IOStore``), or ``{}`` when the file has none, or a
+    dict for the rarely used ``npz`` weights format.
+    """
+    return getattr(store, "parent", None) if hasattr(store, "file") else None
+
+
+def describe_store(store: Any) -> str:
+    """A human-readable "which file, which group" for error messages."""
+    if not hasattr(store, "file"):
+        return "the file being loaded"
+    filename = str(getattr(store.file, "filename", ""))
+    where = f"group '{store.name}'"
+    if filename and not filename.startswith("<"):
+        return f"'{filename}' ({where})"
+    # A .keras archive: tf_keras opens the weights file inside it from memory.
+    return f"the .keras archive's model.weights.h5 ({where})"

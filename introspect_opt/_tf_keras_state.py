@@ -1,0 +1,98 @@
+"""The cached applied rate of a tf_keras optimizer: two scalar variables.
+
+The state is one small ``tf.Module`` attached to the optimizer (attribute and
+checkpoint name ``_introspection_state``), never a member of
+``optimizer.variables`` / ``optimizer.weights``: tf_keras saves those by
+position (HDF5, ``.keras``, ``set_weights``) and ``tf.train.Checkpoint`` saves
+the new optimizer's list by index, so keeping them exactly the plain
+optimizer's is what makes files interchangeable in both directions.
+
+* ``applied_learning_rate``: the rate the last applied update used.
+* ``update_count``: ``iterations`` right after that update, or ``NO_UPDATE``
+  (-1) while no update (and no file) recorded a rate; the rate is then derived.
+
+Both are created with the optimizer, in the scope of the strategy it is created
+under, so that a ``tf.train.Checkpoint`` restores them at once, also into an
+optimizer that is not built yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+RATE_KEY = "applied_learning_rate"
+COUNT_KEY = "update_count"
+STATE_KEYS = (RATE_KEY, COUNT_KEY)
+# No update has written the cache: ``current_learning_rate`` derives the value.
+NO_UPDATE = -1
+# The attribute, checkpoint dependency and file group that hold the state.
+STATE_NAME = "_introspection_state"
+
+
+class AppliedRateState(tf.Module):
+    """The rate the last applied update used, and the update it belongs to."""
+
+    def __init__(self, rate_dtype: Any) -> None:
+        super().__init__(name="applied_learning_rate_state")
+        # Constant initial values, created outside any tf.function: tf_keras
+        # may build an optimizer inside a traced train function.
+        with tf.init_scope():
+            self.applied_learning_rate = tf.Variable(
+                tf.zeros((), dtype=rate_dtype), trainable=False, name=RATE_KEY
+            )
+            self.update_count = tf.Variable(
+                tf.constant(NO_UPDATE, dtype=tf.int64), trainable=False, name=COUNT_KEY
+            )
+
+    @property
+    def rate_dtype(self) -> Any:
+        return self.applied_learning_rate.dtype
+
+    def record(self, rate: Any, iterations: Any) -> list[Any]:
+        """Writes the rate an update applied and ``iterations`` after it (on the device)."""
+        return [
+            self.applied_learning_rate.assign(tf.cast(rate, self.rate_dtype), read_value=False),
+            self.update_count.assign(tf.cast(iterations, tf.int64), read_value=False),
+        ]
+
+    def forget(self) -> None:
+        """Marks the cache stale: the step counter was restored without it."""
+        with tf.init_scope():
+            self.update_count.assign(NO_UPDATE)
+
+    def read(self, derive: Callable[[], Any]) -> Any:
+        """A snapshot of the cached rate, or ``derive()`` while no update recorded one."""
+        rate, count = self.applied_learning_rate, self.update_count
+        recorded = tf.greater_equal(count, 0)
+
+        def cached() -> Any:
+            return tf.identity(rate)
+
+        def derived() -> Any:
+            return tf.identity(tf.cast(derive(), self.rate_dtype))
+
+        if tf.executing_eagerly():
+            return cached() if bool(recorded) else derived()  # only the branch needed
+        return tf.cond(recorded, cached, derived)
+
+    def values(self) -> dict[str, np.ndarray]:
+        """The state on the host, as saved in files."""
+        return {
+            RATE_KEY: np.asarray(tf.identity(self.applied_learning_rate).numpy()),
+            COUNT_KEY: np.asarray(tf.identity(self.update_count).numpy()),
+        }
+
+    def assign_values(self, values: dict[str, np.ndarray] | None) -> None:
+        """Restores validated file entries; None (a plain file) marks the cache stale."""
+        if values is None:
+            self.forget()
+            return
+        with tf.init_scope():
+            self.applied_learning_rate.assign(
+                tf.cast(tf.constant(values[RATE_KEY]), self.rate_dtype)
+            )
+            self.update_count.assign(tf.cast(tf.constant(values[COUNT_KEY]), tf.int64))

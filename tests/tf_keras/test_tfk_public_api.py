@@ -1,0 +1,69 @@
+"""The public surface of introspect_opt.tf_keras: names, documentation, runnable examples."""
+
+from __future__ import annotations
+
+import doctest
+import inspect
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from introspect_opt import _tf_keras_mechanism as mechanism
+from introspect_opt import tf_keras as itk
+
+
+def public_objects() -> dict[str, Any]:
+    """Every public name, plus the public methods the mixins add to the classes."""
+    objects = {name: getattr(itk, name) for name in itk.__all__}
+    for mixin in (mechanism.NewIntrospectionMixin, mechanism._IntrospectionMixin):
+        for name, value in vars(mixin).items():
+            if not name.startswith("_"):
+                objects[f"{mixin.__name__}.{name}"] = value
+    return objects
+
+
+def test_all_lists_exactly_the_public_names() -> None:
+    """__all__ matches what the module exports without an underscore, sorted."""
+    public = {name for name in vars(itk) if not name.startswith("_")}
+    assert set(itk.__all__) == public - {"annotations"}
+    assert itk.__all__ == sorted(itk.__all__)
+
+
+@pytest.mark.parametrize("name", sorted(public_objects()))
+def test_every_public_name_is_documented_with_an_example(name: str) -> None:
+    """Google-style docstring with an Examples section, on every public name."""
+    obj = public_objects()[name]
+    doc = inspect.getdoc(obj.fget if isinstance(obj, property) else obj) or ""
+    assert "Examples:" in doc and ">>>" in doc, name
+
+
+def test_the_examples_run() -> None:
+    """Every `>>>` example in the public docstrings runs and prints what it shows."""
+    finder = doctest.DocTestFinder(exclude_empty=True, recurse=False)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    ran = 0
+    for name, obj in sorted(public_objects().items()):
+        target = obj.fget if isinstance(obj, property) else obj
+        for test in finder.find(target, name, globs={}):
+            result = runner.run(test)
+            ran += result.attempted
+            assert result.failed == 0, name
+    assert ran > 60
+
+
+def test_importing_the_package_does_not_import_tf_keras() -> None:
+    """`import introspect_opt` (Keras 3) works without loading tf_keras; the module loads it."""
+    code = (
+        "import sys, introspect_opt; assert 'tf_keras' not in sys.modules, 'tf_keras loaded';"
+        "import introspect_opt.tf_keras; assert 'tf_keras' in sys.modules"
+    )
+    env_free = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3"},
+        timeout=120,
+    )
+    assert env_free.returncode == 0, env_free.stderr[-2000:]
