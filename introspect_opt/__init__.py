@@ -24,9 +24,9 @@ def _is_command_line() -> bool:
 
 # Where `tf.keras` is tf_keras (TF_USE_LEGACY_KERAS, read as TensorFlow reads it),
 # the same import gives the Keras 2 classes of introspect_opt.tf_keras.
-_KERAS_2 = not _typing.TYPE_CHECKING and _uses_legacy_keras()
+_KERAS_2 = _uses_legacy_keras()
 
-if _KERAS_2:
+if not _typing.TYPE_CHECKING and _KERAS_2:  # (type checkers see the Keras 3 names)
     from .tf_keras import *  # noqa: F403
     from .tf_keras import __all__ as _keras_2_names
 elif _typing.TYPE_CHECKING or not _is_command_line():
@@ -97,8 +97,9 @@ __all__ = [
 ]
 
 
-if _KERAS_2:
-    _keras_3_names, __all__ = __all__, list(_keras_2_names)
+_keras_3_names = list(__all__)
+if not _typing.TYPE_CHECKING and _KERAS_2:
+    __all__ = list(_keras_2_names)
 
 
 def __getattr__(name: str) -> _typing.Any:

@@ -59,8 +59,17 @@ def check_interval(interval: Any) -> str | int:
     raise ValueError(f"interval must be {', '.join(INTERVALS)}; received {interval!r}.")
 
 
-def check_optimizers(optimizers: Any) -> dict[str, Any] | None:
-    """Validates ``optimizers={label: optimizer}`` (None: the model's)."""
+def check_optimizers(
+    optimizers: Any,
+    unwrap_optimizer: Any = unwrap,
+    introspectable: type = IntrospectableOptimizer,
+    module: str = "introspect_opt",
+) -> dict[str, Any] | None:
+    """Validates ``optimizers={label: optimizer}`` (None: the model's).
+
+    ``unwrap_optimizer``, ``introspectable`` and ``module`` are the Keras world's
+    (tf_keras passes its own).
+    """
     if optimizers is None:
         return None
     if not isinstance(optimizers, Mapping) or not optimizers:
@@ -72,13 +81,13 @@ def check_optimizers(optimizers: Any) -> dict[str, Any] | None:
             f"optimizers labels must be non-empty strings; received {list(optimizers)!r}."
         )
     for key, given in optimizers.items():
-        if not isinstance(unwrap(given)[0], IntrospectableOptimizer):
+        if not isinstance(unwrap_optimizer(given)[0], introspectable):
             raise TypeError(
                 f"optimizers[{key!r}] must be an introspectable optimizer (or a "
                 f"LossScaleOptimizer around one); received {type(given).__name__} "
                 f"{getattr(given, 'name', given)!r}. Create it as "
-                "introspect_opt.Introspectable<Name>(...), or make it introspectable "
-                "with introspect_opt.introspect(optimizer) before training."
+                f"{module}.Introspectable<Name>(...), or make it introspectable "
+                f"with {module}.introspect(optimizer) before training."
             )
     return dict(optimizers)
 

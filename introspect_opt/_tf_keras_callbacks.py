@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from . import _tf_keras_private as private
-from ._callbacks import LoggerCore, label
+from ._callbacks import LoggerCore, check_optimizers, label
 from ._tf_keras_factory import resolve_optimizer
 from ._tf_keras_mechanism import _IntrospectionMixin
 
@@ -15,38 +15,19 @@ class _TfKeras:
     """How the logger finds and reads tf_keras optimizers (see ``_callbacks.Keras3``)."""
 
     @staticmethod
+    def unwrap(value: Any) -> tuple[Any, bool]:
+        wrapped = isinstance(value, private.LossScaleOptimizer)
+        return (value.inner_optimizer if wrapped else value), wrapped
+
+    @staticmethod
     def check_optimizers(optimizers: Any) -> dict[str, Any] | None:
-        if optimizers is None:
-            return None
-        if not isinstance(optimizers, Mapping) or not optimizers:
-            raise ValueError(
-                "optimizers must be a non-empty dict {label: optimizer}; "
-                f"received {optimizers!r}."
-            )
-        for key, given in optimizers.items():
-            if not isinstance(key, str) or not key:
-                raise ValueError(
-                    f"optimizers labels must be non-empty strings; received {list(optimizers)!r}."
-                )
-            inner = (
-                given.inner_optimizer if isinstance(given, private.LossScaleOptimizer) else given
-            )
-            if not isinstance(inner, _IntrospectionMixin):
-                raise TypeError(
-                    f"optimizers[{key!r}] must be an introspectable tf_keras optimizer (or a "
-                    f"LossScaleOptimizer around one); received {type(given).__name__} "
-                    f"{getattr(given, 'name', given)!r}. Create it as "
-                    "introspect_opt.tf_keras.Introspectable<Name>(...), or make it "
-                    "introspectable with introspect_opt.tf_keras.introspect(optimizer)."
-                )
-        return dict(optimizers)
+        return check_optimizers(
+            optimizers, _TfKeras.unwrap, _IntrospectionMixin, "introspect_opt.tf_keras"
+        )
 
     @staticmethod
     def track(callback: str, model: Any, given: dict[str, Any] | None) -> list[Any]:
-        def unwrap(value: Any) -> tuple[Any, bool]:
-            wrapped = isinstance(value, private.LossScaleOptimizer)
-            return (value.inner_optimizer if wrapped else value), wrapped
-
+        unwrap = _TfKeras.unwrap
         if given is not None:
             return [(key, *unwrap(value)) for key, value in given.items()]
         try:

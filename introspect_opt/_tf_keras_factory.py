@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 from . import _tf_keras_private as private
@@ -15,7 +14,6 @@ from ._tf_keras_mechanism import (
 )
 
 _O = TypeVar("_O")
-_C = TypeVar("_C", bound=type)
 
 PUBLIC_MODULE = "introspect_opt.tf_keras"
 PACKAGE = "introspect_opt"
@@ -42,7 +40,7 @@ def _is_keras3(value: Any) -> bool:
     return any(c.__module__.split(".")[0] == "keras" for c in cls.__mro__)
 
 
-def _mixin_for(optimizer_class: type) -> type:
+def mixin_for(optimizer_class: type) -> type:
     if issubclass(optimizer_class, private.NewOptimizer):
         return NewIntrospectionMixin
     return LegacyIntrospectionMixin
@@ -91,18 +89,8 @@ def _check_class(optimizer_class: Any) -> None:
     )
 
 
-def ready_made(base: type) -> Callable[[_C], _C]:
-    """Declares a hand-written class as *the* introspectable subclass of ``base``."""
-
-    def declare(cls: _C) -> _C:
-        _finish(cls, base, PACKAGE, cls.__name__)
-        cls.__module__ = PUBLIC_MODULE
-        return cls
-
-    return declare
-
-
-def _finish(cls: Any, base: type, package: str, registered: str) -> None:
+def finish(cls: Any, base: type, package: str, registered: str) -> None:
+    """Records ``cls`` as the introspectable subclass of ``base`` and registers it."""
     cls._introspect_base = base
     cls.__signature__ = inspect.signature(base)
     private.register_serializable(cls, package, registered)
@@ -162,7 +150,7 @@ def introspectable(optimizer_class: type[_O]) -> type[_O]:
         name = f"Introspectable{optimizer_class.__name__}"
         cls = type(
             name,
-            (_mixin_for(optimizer_class), optimizer_class),
+            (mixin_for(optimizer_class), optimizer_class),
             {
                 "__module__": optimizer_class.__module__,
                 "__qualname__": name,
@@ -173,7 +161,7 @@ def introspectable(optimizer_class: type[_O]) -> type[_O]:
                 ),
             },
         )
-        _finish(
+        finish(
             cls,
             optimizer_class,
             f"{PACKAGE}.{optimizer_class.__module__}",

@@ -98,7 +98,7 @@ def test_bad_input_is_refused_with_the_fix() -> None:
         itk.LearningRateLogger("step")
     with pytest.raises(TypeError, match=r"diagnostics=\.\.\.\) is Keras 3 only"):
         itk.LearningRateLogger(diagnostics=True)
-    with pytest.raises(TypeError, match=r"optimizers\['g'\] must be an introspectable tf_keras"):
+    with pytest.raises(TypeError, match=r"optimizers\['g'\] must be an introspectable optimizer"):
         itk.LearningRateLogger(optimizers={"g": tf_keras.optimizers.Adam()})
     model = make_model()
     model.compile(tf_keras.optimizers.SGD(0.1), loss="mse")
