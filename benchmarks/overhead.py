@@ -269,6 +269,12 @@ def main(argv: list[str] | None = None, printer: Callable[[str], None] = print) 
         default="all",
         help="the optimizer's own overhead, the logging callbacks', or both",
     )
+    parser.add_argument(
+        "--jit",
+        choices=["both", "off", "on"],
+        default="both",
+        help="jit_compile settings to measure (XLA off, on, or both)",
+    )
     args = parser.parse_args(argv)
     # One inter-op thread: on small machines TensorFlow's thread pools otherwise
     # compete with each other and with tf.data, which is most of the noise.
@@ -279,7 +285,7 @@ def main(argv: list[str] | None = None, printer: Callable[[str], None] = print) 
         f"{args.rounds} rounds"
     )
     printer("")
-    jit_modes = (False, True)
+    jit_modes = {"both": (False, True), "off": (False,), "on": (True,)}[args.jit]
     if args.tables in ("all", "optimizer"):
         variants = [
             "sgd",

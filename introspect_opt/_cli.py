@@ -247,14 +247,14 @@ def _one_line(error: BaseException) -> str:
 
 
 def _plot(args: argparse.Namespace) -> str:
-    from ._preview import plot_learning_rate
-
     if args.steps is not None and not 1 <= args.steps <= _MAX_STEPS:
         raise UsageError(f"--steps must be between 1 and {_MAX_STEPS}; received {args.steps}")
     output = Path(args.output)
     if not output.parent.is_dir():
         raise UsageError(f"cannot write {output}: folder {output.parent} does not exist")
-    source = load_source(args.source)
+    source = load_source(args.source)  # imports Keras only for a file that exists
+    from ._preview import plot_learning_rate
+
     try:
         path = plot_learning_rate(source, output, iterations=args.steps, title=args.title)
     except (ImportError, OSError, ValueError, TypeError, OverflowError) as error:

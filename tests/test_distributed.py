@@ -384,11 +384,11 @@ def test_optimizer_built_outside_scope_is_refused_where_sgd_double_counts() -> N
 
 # --- Checkpoints across replica counts -----------------------------------
 
-REPLICA_CHANGES = [(4, 2), (4, 1), (2, 4), (1, 4)]
 
-
+# Each format moves down and up once; a checkpoint into one replica restores
+# into an optimizer that is not built yet.
 @tf_only
-@pytest.mark.parametrize(("source", "target"), REPLICA_CHANGES)
+@pytest.mark.parametrize(("source", "target"), [(4, 1), (2, 4)])
 def test_tf_checkpoint_across_replica_counts(tmp_path: Path, source: int, target: int) -> None:
     """tf.train.Checkpoint written under one replica count restores under another, nothing lost."""
     writer = _Loop(source)
@@ -427,7 +427,7 @@ def test_tf_checkpoint_across_replica_counts(tmp_path: Path, source: int, target
 
 
 @tf_only
-@pytest.mark.parametrize(("source", "target"), REPLICA_CHANGES)
+@pytest.mark.parametrize(("source", "target"), [(4, 2), (1, 4)])
 def test_keras_file_across_replica_counts(tmp_path: Path, source: int, target: int) -> None:
     """A .keras file saved under one replica count loads under another's scope, nothing lost."""
     x, y = make_data(64)
@@ -480,9 +480,9 @@ WORKER = Path(__file__).parent / "distributed_workers" / "jax_data_parallel.py"
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
 @pytest.mark.skipif(
-    BACKEND == "torch",
-    reason="backend-independent subprocess test; it runs in the TensorFlow and JAX passes",
+    BACKEND != "jax", reason="JAX's distribution API: it runs in the JAX pass (a subprocess)"
 )
+@pytest.mark.slow
 def test_jax_data_parallel_over_four_devices() -> None:
     """DataParallel on 4 JAX CPU devices: the applied rate each step, weights as plain SGD."""
     env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "XLA_FLAGS")}

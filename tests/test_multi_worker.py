@@ -258,7 +258,7 @@ def test_survivor_of_a_stalled_worker_exits_after_the_collective_timeout(
     tmp_path: Path,
 ) -> None:
     """A stalled peer makes the other worker fail at the collective timeout, not hang."""
-    timeout_s, freeze_at = 8, 3
+    timeout_s, freeze_at = 4, 3
     config = loop_config(tmp_path / "checkpoints", collective_timeout_s=timeout_s)
     frozen, survivor = run_job(
         tmp_path / "job", config, per_worker=({"freeze_at_step": freeze_at}, {}), wait_for=(1,)
