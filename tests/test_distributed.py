@@ -387,6 +387,7 @@ def test_optimizer_built_outside_scope_is_refused_where_sgd_double_counts() -> N
 
 # Each format moves down and up once; a checkpoint into one replica restores
 # into an optimizer that is not built yet.
+@pytest.mark.slow
 @tf_only
 @pytest.mark.parametrize(("source", "target"), [(4, 1), (2, 4)])
 def test_tf_checkpoint_across_replica_counts(tmp_path: Path, source: int, target: int) -> None:
@@ -426,6 +427,7 @@ def test_tf_checkpoint_across_replica_counts(tmp_path: Path, source: int, target
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @tf_only
 @pytest.mark.parametrize(("source", "target"), [(4, 2), (1, 4)])
 def test_keras_file_across_replica_counts(tmp_path: Path, source: int, target: int) -> None:

@@ -44,6 +44,9 @@ import keras
 import numpy as np
 import pytest
 
+# Whole matrices and many fits: `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 BACKEND = keras.backend.backend()
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

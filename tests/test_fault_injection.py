@@ -36,6 +36,9 @@ import pytest
 
 from introspect_opt import IntrospectableSGD, keep_rate_history, record_diagnostics
 
+# Whole matrices and a subprocess: `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 BACKEND = keras.backend.backend()
 SCHEDULE = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=1, decay_rate=0.9)
 GRADS = [np.full((3, 2), 0.5, "float32"), np.full((2,), -0.25, "float32")]

@@ -37,7 +37,10 @@ EVERY_N = list(range(N, STEPS_PER_EPOCH * EPOCHS + 1, N))  # updates 2, 4, 6
 INSTALL = 'pip install ".[integrations]"'
 
 # MLflow 3.17's SQL store uses a loader strategy SQLAlchemy 2.1 deprecates: its noise, not ours.
-pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning"),
+]
 
 
 def fit(callbacks: list[Any]) -> tuple[Any, Any]:

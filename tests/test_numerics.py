@@ -11,6 +11,9 @@ from helpers import JIT_MODES, SCHEDULE, make_data, make_model, optimizer_state
 
 from introspect_opt import IntrospectableSGD
 
+# Whole matrices and many fits: `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 CONFIGS = {
     "momentum_nesterov_decay_clipnorm": dict(
         momentum=0.9, nesterov=True, weight_decay=1e-3, clipnorm=0.5

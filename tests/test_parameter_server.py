@@ -24,7 +24,7 @@ from distributed_workers.processes import (
 )
 from helpers import schedule_value
 
-pytestmark = pytest.mark.tf_only
+pytestmark = [pytest.mark.tf_only, pytest.mark.slow]
 
 SCRIPT = "parameter_server_job.py"
 SYNC_STEPS = 6

@@ -214,6 +214,7 @@ def test_plain_sgd_files_load_into_introspectable(tmp_path: Path) -> None:
     assert float(loaded.optimizer.current_learning_rate) == schedule_value(SCHEDULE, 5)
 
 
+@pytest.mark.slow  # a fresh process, as where introspect-opt is not installed
 def test_introspectable_files_load_into_plain_sgd(tmp_path: Path) -> None:
     """.weights.h5 and .keras written with IntrospectableSGD restore into SGD."""
     model = _trained(IntrospectableSGD(SCHEDULE, momentum=0.9), steps=6)
