@@ -26,7 +26,8 @@ def _is_command_line() -> bool:
 # the same import gives the Keras 2 classes of introspect_opt.tf_keras.
 _KERAS_2 = _uses_legacy_keras()
 
-if not _typing.TYPE_CHECKING and _KERAS_2:  # (type checkers see the Keras 3 names)
+if not _typing.TYPE_CHECKING and _KERAS_2 and not _is_command_line():
+    # (Type checkers see the Keras 3 names; the command line plots Keras 3 files.)
     from .tf_keras import *  # noqa: F403
     from .tf_keras import __all__ as _keras_2_names
 elif _typing.TYPE_CHECKING or not _is_command_line():
@@ -98,12 +99,12 @@ __all__ = [
 
 
 _keras_3_names = list(__all__)
-if not _typing.TYPE_CHECKING and _KERAS_2:
+if not _typing.TYPE_CHECKING and _KERAS_2 and not _is_command_line():
     __all__ = list(_keras_2_names)
 
 
 def __getattr__(name: str) -> _typing.Any:
-    if _KERAS_2 and name in _keras_3_names:
+    if _KERAS_2 and name in _keras_3_names and not _is_command_line():
         raise AttributeError(
             f"introspect_opt.{name} is Keras 3 only: TF_USE_LEGACY_KERAS is set, so "
             "introspect_opt gives the tf_keras (Keras 2) classes of introspect_opt.tf_keras "
@@ -136,5 +137,5 @@ def _load() -> None:
             "_tensorboard",
         )
     ]
-    for public in __all__:
+    for public in _keras_3_names:
         globals()[public] = next(vars(m)[public] for m in modules if public in vars(m))

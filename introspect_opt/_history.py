@@ -64,11 +64,12 @@ class _History(Feature):
 
     def check(self, entries: Entries) -> str | None:
         rates, updates = entries[RATES_KEY], entries[UPDATES_KEY]
-        if rates.ndim != 1 or rates.shape != updates.shape or updates.dtype.kind not in "iu":
+        bad = rates.ndim != 1 or rates.shape != updates.shape or not rates.size
+        if bad or updates.dtype.kind not in "iu":
             return (
                 f"the rate history holds shapes {rates.shape} and {updates.shape} "
                 f"({updates.dtype} update numbers), not two equal-length vectors "
-                "with integer update numbers"
+                "(at least one entry) with integer update numbers"
             )
         return None
 

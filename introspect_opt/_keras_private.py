@@ -33,10 +33,11 @@ UPDATE_STEP_HOOK = "_backend_update_step"
 
 # TensorFlow's checkpointing protocol (checked against TensorFlow 2.20 and
 # 2.21): ``tf.train.Checkpoint`` lists an object's children through this
-# method before it restores them (restore.py, _queue_children_for_restoration)
-# and before it saves them. The mixin overrides it on the TensorFlow backend:
-# that is where an optimizer that is not built yet gets built for its model,
-# so that restored slots never wait inside TensorFlow (see _persistence).
+# method before it restores them (restore.py, _queue_children_for_restoration:
+# called without arguments) and before it saves them (trackable_view.py:
+# called with the save type). The mixin overrides it on the TensorFlow
+# backend: before a save, state waiting for ``build`` is built in where safe;
+# before a restore, a file load still queued is superseded (see _persistence).
 TF_CHILDREN_HOOK = "_trackable_children"
 
 
@@ -236,20 +237,17 @@ def strategy_scope(optimizer: Any) -> contextlib.AbstractContextManager[Any]:
     return strategy.scope()  # type: ignore[no-any-return]
 
 
-def checkpoint_restore_waits(optimizer: Any) -> bool:
-    """Whether a tf.train.Checkpoint restored slots this unbuilt optimizer lacks.
+def checkpoint_slots_waiting(optimizer: Any) -> int:
+    """How many optimizer variables a tf.train.Checkpoint holds for this one that it lacks.
 
     TensorFlow keeps the values of list entries it could not match yet in the
     ``_deferred_dependencies`` of Keras's ``_variables`` list (positions
     ``_variables/N``) until ``build`` appends those variables.
     """
     if keras.backend.backend() != "tensorflow":
-        return False
-    holders = [optimizer, getattr(optimizer, "_variables", None)]
-    state = optimizer.__dict__.get("_introspection_state")
-    if state is not None:
-        holders.append(state)
-    return any(getattr(h, "_deferred_dependencies", None) for h in holders if h is not None)
+        return 0
+    waiting = getattr(getattr(optimizer, "_variables", None), "_deferred_dependencies", None)
+    return len(waiting or {})
 
 
 def read_child_group(store: Any, child: str) -> dict[str, Any]:

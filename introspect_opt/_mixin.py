@@ -305,15 +305,12 @@ class IntrospectableOptimizer(_OptimizerBase):
 
     if keras.backend.backend() == "tensorflow":
 
-        def _trackable_children(self, save_type: str = "checkpoint", **kwargs: Any) -> Any:
+        def _trackable_children(self, *args: Any, **kwargs: Any) -> Any:
             # tf.train.Checkpoint lists an object's children before it restores
-            # or saves them (_keras_private.TF_CHILDREN_HOOK): an optimizer that
-            # is not built yet is built for its model first, so that restored
-            # slots never wait inside TensorFlow where a later save would miss
-            # them, and saved slots are there to save.
+            # them (no arguments) or saves them (_keras_private.TF_CHILDREN_HOOK).
             if not self.built and not self.__dict__.get("_introspect_building"):
-                _persistence.settle_for_checkpoint(self)
-            return super()._trackable_children(save_type, **kwargs)
+                _persistence.before_checkpoint(self, restoring=not args and not kwargs)
+            return super()._trackable_children(*args, **kwargs)
 
 
 def _unpickle(optimizer_class: type, *args: Any) -> Any:

@@ -8,12 +8,17 @@ anything: a load either restores everything or raises an error that names the
 file, the optimizer and the fix, and changes nothing.
 
 State for variables that do not exist yet never waits where a save could miss
-it. An optimizer that is not built has no slots; when a file or a
-``tf.train.Checkpoint`` brings state for them, the optimizer is built right
-then for the model it trains (found with ``_keras_private.owning_model``), as
-``fit`` would build it, and the state is checked and assigned in full. Only an
-optimizer outside any model (unpickled, say) keeps a file's state queued
-(:class:`Pending`) until it is built; every Keras save path writes the queue.
+it. An optimizer that is not built has no slots. When a file brings state for
+them and the model that trains the optimizer is in sight (found with
+``_keras_private.owning_model``) and a build for its variables gives exactly
+the file's layout, the optimizer is built then, as ``fit`` would build it, and
+the state is checked and assigned in full. Otherwise (an optimizer outside
+any model, or one that trains part of its model in a custom loop) the slots
+wait in a queue (:class:`Pending`) until ``build``, which checks them; every
+Keras save path writes the queue, and a ``tf.train.Checkpoint`` save builds
+the optimizer first where that is safe. A ``tf.train.Checkpoint`` restored
+into an unbuilt optimizer leaves its slots inside TensorFlow until ``build``,
+as for plain Keras; a Keras save then builds it first where safe, or refuses.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import keras
 import numpy as np
 
 from . import _keras_private
-from ._state import AppliedRateState, Entries, check_entries
+from ._state import AppliedRateState, Entries, check_entries, is_number_array
 
 STATE_ATTRIBUTE = "_introspection_state"
 
@@ -55,22 +60,13 @@ class Pending:
     source: str
     slots: list[np.ndarray]  # the values after the prefix
     entries: Entries | None
-    previous: list[np.ndarray]  # the prefix before the first queued load (rollback)
+    previous: list[np.ndarray]  # the prefix just before this load (rollback)
     lenient: bool  # loaded under `load_weights(..., skip_mismatch=True)`
+    earlier: Pending | None = None  # the queued load this one superseded
 
 
 def _describe(optimizer: Any) -> str:
     return f"{type(optimizer).__name__} '{optimizer.name}'"
-
-
-def _is_number(value: np.ndarray) -> bool:
-    if value.dtype.kind in "iuf":
-        return True
-    try:  # bfloat16 and float8 arrive as ml_dtypes
-        name = keras.backend.standardize_dtype(value.dtype)
-    except (ValueError, TypeError):
-        return False
-    return str(name).startswith(("float", "bfloat", "int", "uint"))
 
 
 def read_file(optimizer: Any, store: Any) -> FileState:
@@ -80,13 +76,13 @@ def read_file(optimizer: Any, store: Any) -> FileState:
     if keys != {str(i) for i in range(len(keys))}:
         raise ValueError(
             f"Cannot restore {_describe(optimizer)} from {source}: its optimizer "
-            f"entries are {sorted(keys)}, not the numbered entries Keras writes. "
-            f"The file was not written by a Keras optimizer; nothing was loaded "
-            f"into the optimizer. {FIX}"
+            f"entries are {sorted(keys)}, not the numbered entries 0..N-1 Keras "
+            "writes: an entry is missing or renamed, so the file is damaged (or not "
+            f"written by a Keras optimizer); nothing was loaded into the optimizer. {FIX}"
         )
     values = [np.asarray(store[str(i)]) for i in range(len(keys))]
     for index, value in enumerate(values):
-        if not _is_number(value):
+        if not is_number_array(value):
             raise ValueError(
                 f"Cannot restore {_describe(optimizer)} from {source}: optimizer "
                 f"entry {index} holds {value.dtype} data, not numbers. The file is "
@@ -144,38 +140,95 @@ def _assign(variables: list[Any], values: list[np.ndarray]) -> None:
             variable.assign(value)
 
 
-def settle(optimizer: Any) -> bool:
-    """Builds an unbuilt optimizer for the model it trains, if that model is known.
+def _base_class(optimizer: Any) -> Any:
+    """The Keras class behind an introspectable one (no cache state to build)."""
+    from ._mixin import IntrospectableOptimizer
 
-    Returns whether the optimizer is built. Called when state for its slots
-    arrives (a file, a checkpoint) and before it is saved, so that state
-    never waits where a save path could miss it.
+    return next(c for c in type(optimizer).__mro__ if not issubclass(c, IntrospectableOptimizer))
+
+
+def layout_for(optimizer: Any, variables: list[Any]) -> list[tuple[int, ...]] | None:
+    """The shapes ``optimizer.build(variables)`` would give its variables, or None.
+
+    Found by building a copy of the plain Keras optimizer inside a
+    ``keras.StatelessScope``, where variables get shapes but no memory; None
+    where that cannot be done (a few optimizers create variables from values).
+    """
+    try:
+        copy = _base_class(optimizer).from_config(optimizer.get_config())
+        with keras.StatelessScope():
+            copy.build(variables)
+        return [tuple(v.shape) for v in copy.variables]
+    except Exception:  # any failure: the layout stays unknown
+        return None
+
+
+def build_for_model(
+    optimizer: Any, values: list[np.ndarray] | None = None, count: int | None = None
+) -> bool:
+    """Builds an unbuilt optimizer for the model that trains it, where that is safe.
+
+    Safe means: the model is found (``_keras_private.owning_model``) and a
+    build for its ``trainable_variables`` gives exactly the layout of the
+    state waiting for it (``values`` from a file, or ``count`` entries a
+    checkpoint holds). An optimizer that trains only part of its model (a
+    custom loop) gets another layout, and is left to build on the variables
+    it is given. Returns whether the optimizer is built.
     """
     if optimizer.built:
         return True
     model = _keras_private.owning_model(optimizer)
     if model is None:
         return False
+    layout = layout_for(optimizer, model.trainable_variables)
+    if layout is None:
+        return False
+    if values is not None and [tuple(v.shape) for v in values] != layout:
+        early = _was_saved_before_build(optimizer, values) and len(values) <= len(layout)
+        if not early:
+            return False
+    if count is not None and count != len(layout):
+        return False
     with _keras_private.eager_scope(), _keras_private.strategy_scope(optimizer):
         optimizer.build(model.trainable_variables)
     return True
 
 
-def settle_for_checkpoint(optimizer: Any) -> None:
-    """Before tf.train.Checkpoint lists the optimizer's variables (to save or restore)."""
-    if settle(optimizer):
+def _waiting_count(optimizer: Any, state: AppliedRateState) -> int | None:
+    """How many variables the state waiting for build fills (None: nothing waits)."""
+    if state.pending is not None and state.pending.slots:
+        return _prefix_count(optimizer) + len(state.pending.slots)
+    waiting = _keras_private.checkpoint_slots_waiting(optimizer)
+    return len(optimizer._plain_variables()) + waiting if waiting else None
+
+
+def before_checkpoint(optimizer: Any, restoring: bool) -> None:
+    """Before tf.train.Checkpoint lists the optimizer's variables.
+
+    Restoring: a newer checkpoint supersedes a file load still queued.
+    Saving: state waiting for the build is built in where safe, else a
+    warning says the checkpoint will lack it.
+    """
+    state = optimizer._ensure_introspection_state()
+    if restoring:
+        if state.pending is not None:
+            state.pending = None  # the checkpoint being restored is newer
         return
-    state = optimizer.__dict__.get("_introspection_state")
-    queued = state is not None and state.pending is not None and state.pending.slots
-    if queued or _keras_private.checkpoint_restore_waits(optimizer):
-        warnings.warn(
-            f"{_describe(optimizer)} holds state for slots it has not built yet "
-            f"({'loaded from ' + state.pending.source if queued else 'restored by a checkpoint'}), "
-            "and no model that trains it is in sight: a tf.train.Checkpoint saved now "
-            "holds its step counter but not those slots. Build it first, with "
-            "`optimizer.build(model.trainable_variables)`.",
-            stacklevel=4,
-        )
+    count = _waiting_count(optimizer, state)
+    if count is None or build_for_model(optimizer, count=count):
+        return
+    what = (
+        f"loaded from {state.pending.source}"
+        if state.pending is not None
+        else "restored by a tf.train.Checkpoint"
+    )
+    warnings.warn(
+        f"{_describe(optimizer)} holds state for slots it has not built yet ({what}), "
+        "and no model whose variables match it is in sight: the tf.train.Checkpoint "
+        "being saved holds its step counter but not those slots. Build it first, with "
+        "`optimizer.build(variables)` for the variables it trains.",
+        stacklevel=5,
+    )
 
 
 def load(optimizer: Any, state: AppliedRateState, store: Any) -> None:
@@ -189,7 +242,10 @@ def load(optimizer: Any, state: AppliedRateState, store: Any) -> None:
             stacklevel=3,
         )
         return
-    settle(optimizer)  # builds it for its model; a mismatch below still changes no value
+    if not optimizer.built:
+        # For its model, if the file fits what that build creates; else the
+        # slots wait for the build on the variables it trains (checked then).
+        build_for_model(optimizer, values=file.values)
     if optimizer.built:
         _check(optimizer, file.values, file.source)
         _assign(optimizer._plain_variables()[: len(file.values)], file.values)
@@ -205,13 +261,13 @@ def load(optimizer: Any, state: AppliedRateState, store: Any) -> None:
     if problem or len(file.values) < prefix_count:
         problem = problem or _mismatch(optimizer, prefix, file.values, file.source)
         raise ValueError(f"{problem} {FIX}")
-    earlier = state.pending
     state.pending = Pending(
         source=file.source,
         slots=file.values[prefix_count:],
         entries=file.entries,
-        previous=earlier.previous if earlier is not None else _numpy(prefix),
+        previous=_numpy(prefix),
         lenient=_keras_private.keras_load_skips_mismatches(),
+        earlier=state.pending,
     )
     _assign(prefix, file.values[:prefix_count])
 
@@ -240,7 +296,11 @@ def _was_saved_before_build(optimizer: Any, values: list[np.ndarray]) -> bool:
 
 
 def apply_pending(optimizer: Any, state: AppliedRateState) -> None:
-    """Applies a queued file's state once the optimizer is built (from build())."""
+    """Applies a queued file's state once the optimizer is built (from build()).
+
+    A queued load that does not fit never happened: the step counter goes back
+    to what it was before it, and the load it superseded, if any, applies.
+    """
     pending, state.pending = state.pending, None
     if pending is None:
         return
@@ -252,15 +312,16 @@ def apply_pending(optimizer: Any, state: AppliedRateState) -> None:
             values,
             pending.source,
             " (The state was loaded before the optimizer was built, so it could only "
-            "be checked now; the step counter is back to what it was before that load.)",
+            "be checked now; the optimizer is back to the state it had before that load.)",
         )
     except ValueError as error:
-        _assign(prefix, pending.previous)  # the queued load never happened
+        _assign(prefix, pending.previous)
+        state.pending = pending.earlier
+        apply_pending(optimizer, state)
         if not pending.lenient:
             raise
         warnings.warn(
-            f"{error} It was loaded with `skip_mismatch=True`, so it is skipped and "
-            "the optimizer keeps the state it had before that load.",
+            f"{error} It was loaded with `skip_mismatch=True`, so it is skipped.",
             stacklevel=3,
         )
         return
@@ -276,15 +337,17 @@ def save(optimizer: Any, state: AppliedRateState, store: Any) -> None:
     built first (for the model it trains), or the save refuses to write an
     incomplete file.
     """
-    waiting = not optimizer.built and _keras_private.checkpoint_restore_waits(optimizer)
-    if waiting and not settle(optimizer):
-        raise ValueError(
-            f"Cannot save {_describe(optimizer)}: a tf.train.Checkpoint was "
-            "restored into it before it was built, and its slots are still "
-            "waiting inside TensorFlow for the variables they belong to. "
-            "Build it first, with `optimizer.build(model.trainable_variables)` "
-            "(or one training step), then save."
-        )
+    waiting = _keras_private.checkpoint_slots_waiting(optimizer)
+    if not optimizer.built and waiting:
+        count = len(optimizer._plain_variables()) + waiting
+        if not build_for_model(optimizer, count=count):
+            raise ValueError(
+                f"Cannot save {_describe(optimizer)}: a tf.train.Checkpoint was "
+                "restored into it before it was built, and its slots are still "
+                "waiting inside TensorFlow for the variables they belong to. "
+                "Build it first, with `optimizer.build(variables)` for the variables "
+                "it trains (or one training step), then save."
+            )
     values = _numpy(optimizer._plain_variables())
     if state.pending is not None:
         values += state.pending.slots

@@ -75,8 +75,18 @@ class ScaledLearningRate(keras.optimizers.schedules.LearningRateSchedule):
                 f"callable; received {learning_rate!r}. A float rate needs no "
                 "wrapper: scale it with `optimizer.learning_rate = new_rate`."
             )
+        if isinstance(multiplier, bool) or not isinstance(multiplier, numbers.Real):
+            raise TypeError(
+                f"ScaledLearningRate(multiplier=...) must be a number >= 0; received "
+                f"{multiplier!r} (type {type(multiplier).__name__})."
+            )
+        if not math.isfinite(float(multiplier)) or multiplier < 0:
+            raise ValueError(
+                f"ScaledLearningRate(multiplier=...) must be a finite number >= 0; "
+                f"received {multiplier!r}."
+            )
         self.inner: Any = learning_rate
-        self.initial_multiplier = float(multiplier)
+        self.initial_multiplier: float = float(multiplier)
         self.variable: Any = None  # the optimizer's multiplier, once bound
 
     def __call__(self, step: Any) -> Any:
@@ -147,6 +157,29 @@ class _Multiplier(Feature):
 MULTIPLIER = register_feature(_Multiplier())
 
 
+def rebind(optimizer: Any) -> bool:
+    """Wraps a rate source assigned since the multiplier was bound, at multiplier 1.
+
+    ``optimizer.learning_rate = new_schedule`` (a warm restart, say) replaces
+    the scaled schedule: the new one starts unscaled, and plateau scaling goes
+    on from there. Returns whether it wrapped one (functions traced before
+    read the old one).
+    """
+    state = optimizer.__dict__.get("_introspection_state")
+    variable = None if state is None else state.learning_rate_multiplier
+    source = _keras_private.learning_rate_source(optimizer)
+    if variable is None or isinstance(source, keras.Variable):
+        return False
+    if isinstance(source, ScaledLearningRate) and source.variable is variable:
+        return False
+    with _keras_private.eager_scope():
+        variable.assign(1.0)
+    wrapper = source if isinstance(source, ScaledLearningRate) else ScaledLearningRate(source)
+    wrapper.variable = variable
+    optimizer.learning_rate = wrapper
+    return True
+
+
 def multiplier(optimizer: Any) -> float:
     """The current multiplier (1.0 when the optimizer has none)."""
     state = optimizer.__dict__.get("_introspection_state")
@@ -159,6 +192,7 @@ def multiplier(optimizer: Any) -> float:
 
 def set_multiplier(optimizer: Any, value: float) -> None:
     """Sets the multiplier; the next update applies it."""
+    rebind(optimizer)
     state = optimizer._ensure_introspection_state()
     variable = state.learning_rate_multiplier
     old = multiplier(optimizer)
@@ -230,8 +264,19 @@ class ScaleLearningRateOnPlateau(keras.callbacks.Callback):
         min_delta: float = 1e-4,
         cooldown: int = 0,
         min_multiplier: float = 0.0,
+        **unknown: Any,
     ) -> None:
         super().__init__()
+        if "min_lr" in unknown:
+            raise TypeError(
+                "ScaleLearningRateOnPlateau has no min_lr: it scales the rate, schedule "
+                "included, so its floor is a fraction of it, min_multiplier (e.g. "
+                "min_multiplier=0.01 for at least 1% of the scheduled rate)."
+            )
+        if unknown:
+            raise TypeError(
+                f"ScaleLearningRateOnPlateau got unexpected keyword arguments {sorted(unknown)}."
+            )
         checks = (
             ("monitor", monitor, isinstance(monitor, str) and bool(monitor), "a metric name"),
             ("factor", factor, _real(factor) and 0 < factor < 1, "a number in (0, 1)"),
@@ -297,6 +342,8 @@ class ScaleLearningRateOnPlateau(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs if logs is not None else {}
         optimizer = self._optimizer
+        if rebind(optimizer):  # a new schedule was assigned since: scale it from 1
+            retrace(self.model)
         current_multiplier = multiplier(optimizer)
         current = logs.get(self.monitor)
         if current is None:

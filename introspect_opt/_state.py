@@ -115,8 +115,14 @@ class Feature:
         """Called after every applied update (traced)."""
 
     def check(self, entries: Entries) -> str | None:
-        """Why a file's entries of this feature cannot be restored, or None."""
-        return None
+        """Why a file's entries of this feature cannot be restored, or None.
+
+        By default every entry is a scalar.
+        """
+        shapes = {key: entries[key].shape for key in self.keys if entries[key].shape != ()}
+        return (
+            f"{sorted(shapes)} have shapes {list(shapes.values())}, not scalars" if shapes else None
+        )
 
     def assign(self, optimizer: Any, state: AppliedRateState, entries: Entries | None) -> None:
         """Restores the feature's variables from a file's entries (None: none)."""
@@ -351,6 +357,17 @@ class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
         pass  # read by the owning optimizer, see _persistence.read_file
 
 
+def is_number_array(value: np.ndarray) -> bool:
+    """Whether an array read from a file holds numbers (bfloat16 and float8 included)."""
+    if value.dtype.kind in "iuf":
+        return True
+    try:  # bfloat16 and float8 arrive as ml_dtypes
+        name = str(keras.backend.standardize_dtype(value.dtype))
+    except (ValueError, TypeError):
+        return False
+    return name.startswith(("float", "bfloat", "int", "uint"))
+
+
 def host_array(value: Any) -> np.ndarray:
     """A tensor's or variable's value on the host, by the backend's shortest path.
 
@@ -412,7 +429,7 @@ def check_entries(store: Any, source: str) -> Entries | None:
     entries: Entries = {}
     for key in sorted(keys):
         value = np.asarray(store[key])
-        if value.dtype.kind not in "iuf":
+        if not is_number_array(value):
             raise ValueError(
                 f"Cannot restore the applied learning rate from {source}: entry "
                 f"{key!r} holds {value.dtype} data, not numbers. The file is "

@@ -23,8 +23,9 @@ try:
 except ImportError as error:  # pragma: no cover - exercised only without tf-keras
     raise ImportError(
         "introspect_opt.tf_keras needs the tf-keras package (Keras 2), which is not "
-        f"installed ({error}). Install it with `pip install 'introspect-opt[tf-keras]'`, "
-        "or `pip install tf-keras==<your TensorFlow's major.minor>.*`; for Keras 3 "
+        f"installed ({error}). Install it with `pip install tf-keras==<your "
+        "TensorFlow's major.minor>.*` (or, in a checkout of introspect-opt, "
+        '`pip install ".[tf-keras]"`); for Keras 3 '
         "use the classes of the top-level `introspect_opt` package instead."
     ) from error
 

@@ -162,6 +162,9 @@ DAMAGES: dict[str, Callable[[h5py.File], None] | None] = {
     "truncated file": None,  # handled below: the HDF5 file cut in half
 }
 # Files that are fine, written by other optimizers: (source kind, outcome).
+# Files whose layout only a build can check: into an unbuilt optimizer they
+# wait for the build (the optimizer may train part of its model), which raises.
+CHECKED_AT_BUILD = {"slot of another shape", "Adam file", "SGD without momentum"}
 FOREIGN = {
     "plain SGD file": ("plain", "restored"),
     "Adam file": ("adam", "raised"),
@@ -293,6 +296,8 @@ def test_load_restores_exactly_or_raises_and_changes_nothing(
     twin = make_target(target, sources["ours"].writer)
     with pytest.raises((ValueError, OSError)) as caught:
         load(fmt, model, path, tmp_path)
+        if target != "built" and case in CHECKED_AT_BUILD:
+            model.optimizer.build(model.trainable_variables)  # queued: checked here
     message = str(caught.value)
     if case == "truncated file":
         # h5py refuses the file when Keras opens it, before any state is read
@@ -347,7 +352,7 @@ def test_checkpoint_restores_exactly(
     path = _checkpoint(source.writer, tmp_path)
     model = make_target(target, sources["ours"].writer)
     status = tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(path)
-    assert model.optimizer.built  # built for its model as the restore began
+    model.optimizer.build(model.trainable_variables)  # (unbuilt: the slots arrive now)
     if kind == "ours":
         status.assert_consumed()
     else:  # a plain checkpoint lacks our state; a feature may be left out
