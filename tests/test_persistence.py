@@ -566,3 +566,28 @@ def test_state_that_cannot_be_saved_is_refused_or_announced(tmp_path: Path) -> N
     queued = pickle.loads(pickle.dumps(model.optimizer))
     with pytest.warns(UserWarning, match="holds its step counter but not those slots"):
         tf.train.Checkpoint(optimizer=queued).write(str(tmp_path / "queued"))
+
+
+@pytest.mark.tf_only
+def test_a_checkpoint_of_a_custom_loop_on_part_of_the_model_restores_exactly(
+    tmp_path: Path,
+) -> None:
+    """Restored before build, the slots wait for the variables the loop trains, as in Keras."""
+
+    def run(optimizer: Any, model: Any, steps: int) -> None:
+        head = model.layers[-1].trainable_variables
+        for _ in range(steps):
+            optimizer.apply_gradients([(keras.ops.ones(v.shape), v) for v in head])
+
+    writer = make_model()
+    writer.compile(IntrospectableSGD(SCHEDULE, momentum=0.9), loss="mse")
+    run(writer.optimizer, writer, 3)
+    path = tf.train.Checkpoint(model=writer, optimizer=writer.optimizer).write(str(tmp_path / "ck"))
+    reader = make_model()
+    reader.compile(IntrospectableSGD(SCHEDULE, momentum=0.9), loss="mse")
+    tf.train.Checkpoint(model=reader, optimizer=reader.optimizer).read(path)
+    run(reader.optimizer, reader, 1)
+    run(writer.optimizer, writer, 1)
+    _assert_restored(writer.optimizer, reader.optimizer)
+    for a, b in zip(writer.get_weights(), reader.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
