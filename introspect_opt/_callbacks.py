@@ -93,16 +93,24 @@ def check_optimizers(
 
 
 def tracked_optimizers(
-    callback: str, model: Any, given: dict[str, Any] | None
+    callback: str,
+    model: Any,
+    given: dict[str, Any] | None,
+    resolve: Any = resolve_optimizer,
+    unwrap_optimizer: Any = unwrap,
 ) -> list[tuple[str, Any, bool]]:
-    """[(label, introspectable optimizer, wrapped in loss scaling)]."""
+    """[(label, introspectable optimizer, wrapped in loss scaling)].
+
+    ``resolve`` and ``unwrap_optimizer`` are the Keras world's (tf_keras passes
+    its own).
+    """
     if given is not None:
-        return [(key, *unwrap(value)) for key, value in given.items()]
+        return [(key, *unwrap_optimizer(value)) for key, value in given.items()]
     try:
-        optimizer = resolve_optimizer(model, callback)
+        optimizer = resolve(model, callback)
     except TypeError as error:
         raise TypeError(f"{callback} cannot read this model's rate: {error}") from None
-    return [(label(optimizer), optimizer, unwrap(model.optimizer)[1])]
+    return [(label(optimizer), optimizer, unwrap_optimizer(model.optimizer)[1])]
 
 
 class StepCounter:

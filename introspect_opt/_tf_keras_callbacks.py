@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from . import _tf_keras_private as private
-from ._callbacks import LoggerCore, check_optimizers, label
+from ._callbacks import LoggerCore, check_optimizers, tracked_optimizers
 from ._tf_keras_factory import resolve_optimizer
 from ._tf_keras_mechanism import _IntrospectionMixin
 
@@ -27,14 +27,7 @@ class _TfKeras:
 
     @staticmethod
     def track(callback: str, model: Any, given: dict[str, Any] | None) -> list[Any]:
-        unwrap = _TfKeras.unwrap
-        if given is not None:
-            return [(key, *unwrap(value)) for key, value in given.items()]
-        try:
-            optimizer = resolve_optimizer(model, callback)
-        except TypeError as error:
-            raise TypeError(f"{callback} cannot read this model's rate: {error}") from None
-        return [(label(optimizer), optimizer, unwrap(model.optimizer)[1])]
+        return tracked_optimizers(callback, model, given, resolve_optimizer, _TfKeras.unwrap)
 
     @staticmethod
     def raw_steps(optimizer: Any) -> int:
