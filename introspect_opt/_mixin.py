@@ -315,6 +315,13 @@ class IntrospectableOptimizer(_OptimizerBase):
 
 def _unpickle(optimizer_class: type, *args: Any) -> Any:
     """Rebuilds a pickled instance of ``introspectable(optimizer_class)``."""
-    from ._factory import introspectable  # (the factory builds on this module)
-
-    return introspectable(optimizer_class)._unpickle_model(*args)
+    pending = [IntrospectableOptimizer]
+    while pending:
+        cls = pending.pop()
+        if cls.__dict__.get("_introspect_base") is optimizer_class:
+            return cls._unpickle_model(*args)
+        pending += cls.__subclasses__()
+    raise TypeError(
+        f"Cannot unpickle an introspectable {optimizer_class.__qualname__}: call "
+        f"introspect_opt.introspectable({optimizer_class.__qualname__}) in this process first."
+    )

@@ -142,9 +142,7 @@ def _assign(variables: list[Any], values: list[np.ndarray]) -> None:
 
 def _base_class(optimizer: Any) -> Any:
     """The Keras class behind an introspectable one (no cache state to build)."""
-    from ._mixin import IntrospectableOptimizer
-
-    return next(c for c in type(optimizer).__mro__ if not issubclass(c, IntrospectableOptimizer))
+    return type(optimizer)._introspect_base
 
 
 def layout_for(optimizer: Any, variables: list[Any]) -> list[tuple[int, ...]] | None:
