@@ -51,8 +51,18 @@ def _gpu_visible() -> bool:
     return False
 
 
+# Under pytest-xdist (`-n 2 --dist loadgroup`, pyproject.toml) each test file runs
+# in one worker, and the files that run strategies and multi-process jobs share
+# one: two of them at once on two cores starve each other's collectives.
+_ONE_AT_A_TIME = {"test_distributed", "test_multi_worker", "test_parameter_server"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skips TensorFlow-only tests on the JAX and torch backends, and GPU tests without a GPU."""
+    for item in items:
+        module = item.path.stem
+        group = "distributed" if module in _ONE_AT_A_TIME else module
+        item.add_marker(pytest.mark.xdist_group(group))
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if gpu_items and not _gpu_visible():
         skip_gpu = pytest.mark.skip(

@@ -1,4 +1,4 @@
-"""record_diagnostics / update_diagnostics: per-update norms, kept on the device."""
+"""record_diagnostics / last_update_diagnostics: per-update norms, kept on the device."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from introspect_opt import (
     IntrospectableSGD,
     ScaleLearningRateOnPlateau,
     keep_rate_history,
+    last_update_diagnostics,
     record_diagnostics,
-    update_diagnostics,
 )
 
 
@@ -43,7 +43,7 @@ def test_norms_of_one_update_with_momentum_and_weight_decay() -> None:
         tensors = [keras.ops.convert_to_tensor(g) for g in grads]
         optimizer.apply_gradients(zip(tensors, variables, strict=True))
         after = [keras.ops.convert_to_numpy(v) for v in variables]
-        got = update_diagnostics(optimizer)
+        got = last_update_diagnostics(optimizer)
         for key, value in expected(before, after, grads).items():
             np.testing.assert_allclose(got[key], value, rtol=2e-5, err_msg=key)
 
@@ -62,22 +62,22 @@ def test_every_opt_in_state_leaves_weights_bit_identical(jit: Any) -> None:
     model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False, callbacks=[plateau])
     for a, b in zip(weights_of(plain), weights_of(model), strict=True):
         assert a.tobytes() == b.tobytes()
-    assert all(np.isfinite(v) for v in update_diagnostics(model).values())
+    assert all(np.isfinite(v) for v in last_update_diagnostics(model).values())
 
 
 def test_fresh_after_updates_nan_after_a_file_without_them(tmp_path: Path) -> None:
     """Values describe the last update; a file that lacks them leaves nan, not stale numbers."""
     model = make_model()
     model.compile(record_diagnostics(IntrospectableSGD(0.1)), loss="mse")
-    assert update_diagnostics(model) == {}  # not built: nothing recorded yet
+    assert last_update_diagnostics(model) == {}  # not built: nothing recorded yet
     model.fit(*make_data(16), batch_size=8, epochs=1, verbose=0)
-    assert all(np.isfinite(v) for v in update_diagnostics(model).values())
+    assert all(np.isfinite(v) for v in last_update_diagnostics(model).values())
     plain = make_model()
     plain.compile(keras.optimizers.SGD(0.1), loss="mse")
     plain.fit(*make_data(24), batch_size=8, epochs=1, verbose=0)
     plain.save_weights(tmp_path / "plain.weights.h5")
     model.load_weights(tmp_path / "plain.weights.h5")
-    values = update_diagnostics(model)
+    values = last_update_diagnostics(model)
     assert set(values) == {"gradient_norm", "update_norm", "update_to_weight_ratio"}
     assert all(np.isnan(v) for v in values.values())
 
@@ -101,6 +101,18 @@ def test_gradient_norm_is_that_of_the_replica_sum() -> None:
             model = make_model()
             model.compile(record_diagnostics(IntrospectableSGD(0.1, momentum=0.9)), loss="mse")
         model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
-        results.append(update_diagnostics(model))
+        results.append(last_update_diagnostics(model))
     for key in results[0]:
         np.testing.assert_allclose(results[1][key], results[0][key], rtol=1e-5, err_msg=key)
+
+
+def test_the_names_before_0_2_still_work_and_warn() -> None:
+    """update_diagnostics and applied_learning_rates answer as the new names, with a warning."""
+    import introspect_opt
+
+    optimizer = record_diagnostics(IntrospectableSGD(0.1))
+    with pytest.warns(DeprecationWarning, match="renamed last_update_diagnostics"):
+        assert introspect_opt.update_diagnostics(optimizer) == {}
+    with pytest.warns(DeprecationWarning, match="renamed preview_learning_rates"):
+        old = introspect_opt.applied_learning_rates(optimizer, [0, 1])
+    assert old.tolist() == introspect_opt.preview_learning_rates(optimizer, [0, 1]).tolist()
