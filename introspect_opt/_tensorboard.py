@@ -63,11 +63,11 @@ class RateHistoryToTensorBoard(keras.callbacks.Callback):
     Examples:
         >>> import tempfile, keras, numpy as np, introspect_opt
         >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-        >>> model.compile(introspect_opt.IntrospectableSGD(0.1), loss="mse", steps_per_execution=4)
+        >>> model.compile(introspect_opt.IntrospectableSGD(0.1), loss="mse")
         >>> board = introspect_opt.RateHistoryToTensorBoard(tempfile.mkdtemp())
         >>> _ = model.fit(np.ones((32, 2)), np.ones((32, 1)), batch_size=4, verbose=0,
         ...               callbacks=[board])
-        >>> introspect_opt.rate_history(model)[0].tolist()  # all 8 updates, read once
+        >>> introspect_opt.rate_history(model)[0].tolist()  # all 8 updates, read at the end
         [1, 2, 3, 4, 5, 6, 7, 8]
     """
 
