@@ -140,8 +140,6 @@ def introspectable(optimizer_class: type[_O]) -> type[_O]:
         >>> type(opt).__name__, round(float(opt.current_learning_rate), 6)
         ('IntrospectableMine', 0.05)
     """
-    from . import _tf_keras_optimizers  # noqa: F401  (declares the ready-made classes)
-
     _check_class(optimizer_class)
     if issubclass(optimizer_class, _IntrospectionMixin):
         return optimizer_class
