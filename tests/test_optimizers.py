@@ -90,6 +90,7 @@ def test_eager_rate_rules(name: str) -> None:
         assert float(optimizer.current_learning_rate) == schedule_value(SCHEDULE, n - 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", KERAS_OPTIMIZERS)
 def test_files_round_trip_and_interchange(tmp_path: Path, name: str) -> None:
     """.keras, .weights.h5 and checkpoints: exact, and interchangeable with the plain class."""
@@ -123,6 +124,7 @@ def test_files_round_trip_and_interchange(tmp_path: Path, name: str) -> None:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.tf_only
 @pytest.mark.parametrize("name", KERAS_OPTIMIZERS)
 def test_checkpoint_round_trip(tmp_path: Path, name: str) -> None:
