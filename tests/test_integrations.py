@@ -75,7 +75,11 @@ def mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """MLflow tracking into one SQLite file for the module (creating it takes seconds)."""
     module = pytest.importorskip("mlflow", reason=f"needs mlflow: {INSTALL}")
     previous = module.get_tracking_uri()
-    module.set_tracking_uri(f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}")
+    folder = tmp_path_factory.mktemp("mlflow")
+    module.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
+    # Artifacts next to the database, not in ./mlruns of wherever pytest runs.
+    experiment = module.create_experiment("tests", artifact_location=str(folder / "artifacts"))
+    module.set_experiment(experiment_id=experiment)
     yield module
     module.set_tracking_uri(previous)
 
