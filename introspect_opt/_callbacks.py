@@ -395,9 +395,8 @@ def _applied_rate(optimizer: Any) -> float:
     at every interval.
     """
     state = optimizer.__dict__.get("_introspection_state")
-    core = state.core() if isinstance(state, AppliedRateState) else None
-    if core is not None and int(host_float(core[1])) == int(host_float(optimizer.iterations)):
-        return host_float(core[0])
+    if isinstance(state, AppliedRateState) and state.is_current(optimizer):
+        return host_float(state.applied_learning_rate)
     return host_float(optimizer.current_learning_rate)
 
 

@@ -136,7 +136,7 @@ def read(optimizer: Any) -> dict[str, float]:
     state = optimizer.__dict__.get("_introspection_state")
     if state is None or not state.has(DIAGNOSTICS.name):
         return {}
-    fresh = int(host_array(state.update_count)) == int(host_array(optimizer.iterations))
+    fresh = state.is_current(optimizer)
     return {key: float(host_array(getattr(state, key))) if fresh else np.nan for key in KEYS}
 
 

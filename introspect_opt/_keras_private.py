@@ -272,14 +272,6 @@ def read_child_group(store: Any, child: str) -> dict[str, Any]:
         store.get(path)
 
 
-def host_value(variable: Any) -> Any:
-    """A variable's value as NumPy can read it (also a tf.distribute one)."""
-    try:
-        return variable.numpy()
-    except AttributeError:
-        return keras.ops.convert_to_numpy(variable)
-
-
 def _models_in(value: Any) -> list[Any]:
     """Keras models held by ``value``: itself, or the children of a TF checkpoint."""
     if isinstance(value, keras.Model):

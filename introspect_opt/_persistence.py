@@ -31,7 +31,7 @@ import keras
 import numpy as np
 
 from . import _keras_private
-from ._state import AppliedRateState, Entries, check_entries, is_number_array
+from ._state import AppliedRateState, Entries, check_entries, host_array, is_number_array
 
 STATE_ATTRIBUTE = "_introspection_state"
 
@@ -131,7 +131,7 @@ def _mismatch(optimizer: Any, variables: list[Any], values: list[np.ndarray], so
 
 def _numpy(variables: list[Any]) -> list[np.ndarray]:
     with _keras_private.eager_scope():  # build() may run while fit traces
-        return [np.array(_keras_private.host_value(v)) for v in variables]
+        return [np.array(host_array(v)) for v in variables]
 
 
 def _assign(variables: list[Any], values: list[np.ndarray]) -> None:
@@ -247,8 +247,7 @@ def load(optimizer: Any, state: AppliedRateState, store: Any) -> None:
     if optimizer.built:
         _check(optimizer, file.values, file.source)
         _assign(optimizer._plain_variables()[: len(file.values)], file.values)
-        with _keras_private.eager_scope():
-            state.assign_entries(optimizer, file.entries)
+        state.assign_entries(optimizer, file.entries)
         return
     # Not built and no model to build it for (an unpickled optimizer, say):
     # restore the step counter (and rate) now, check and assign the rest at

@@ -234,6 +234,13 @@ class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
     def active(self) -> list[Feature]:
         return [f for f in features() if self.has(f.name)]
 
+    def is_current(self, optimizer: Any) -> bool:
+        """Whether the cache belongs to the last update (read on the host)."""
+        core = self.core()
+        return core is not None and int(host_array(core[1])) == int(
+            host_array(optimizer.iterations)
+        )
+
     def all_variables(self) -> list[Any]:
         """Every variable of this state, in a fixed order (JAX carries these)."""
         if not self.has_variables:
