@@ -14,6 +14,7 @@ docs/integrations.md.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -81,6 +82,14 @@ def mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     experiment = module.create_experiment("tests", artifact_location=str(folder / "artifacts"))
     module.set_experiment(experiment_id=experiment)
     yield module
+    # set_experiment leaves the experiment's id (global and MLFLOW_EXPERIMENT_ID) and the last
+    # run's id behind for whatever runs next in this process: a doc snippet that points MLflow
+    # at its own new store would then look for experiment "tests" there and fail. MLflow has
+    # no public call that forgets them, so its fluent module's globals are reset by name.
+    fluent = module.tracking.fluent
+    fluent._active_experiment_id = None
+    fluent._last_active_run_id.set(None)
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     module.set_tracking_uri(previous)
 
 
