@@ -105,6 +105,41 @@ def _local_of(function: Any, name: str) -> Any:
     return None
 
 
+# A ``LossScaleOptimizer`` saves and loads the variables of the optimizer it
+# wraps in its own group too, by position (``BaseOptimizer.load_own_variables``,
+# which it inherits), *before* Keras loads the wrapped optimizer's own group.
+# That inherited method reads ``self.variables`` (the wrapper's, then the
+# wrapped optimizer's) before it assigns anything, so the wrapped optimizer
+# sees the load coming and can check the whole file first (_persistence).
+_WRAPPER_LOAD_CODE = keras.optimizers.LossScaleOptimizer.load_own_variables.__code__
+WRAPPED_CHILD = "inner_optimizer"  # the wrapped optimizer's group, in the wrapper's
+
+
+def wrapper_loading(optimizer: Any) -> tuple[Any, Any] | None:
+    """``(wrapper, store)`` while a ``LossScaleOptimizer`` that wraps ``optimizer`` loads.
+
+    Called from the wrapped optimizer's ``variables``: true only when that
+    read comes from the wrapper's ``load_own_variables`` (two or three frames
+    up: the wrapper's ``variables`` property sits between them).
+    """
+    frame: Any = sys._getframe(2)
+    for _ in range(3):
+        if frame is None:
+            return None
+        if frame.f_code is _WRAPPER_LOAD_CODE:
+            wrapper = frame.f_locals.get("self")
+            if getattr(wrapper, WRAPPED_CHILD, None) is not optimizer:
+                return None
+            return wrapper, frame.f_locals.get("store")
+        frame = frame.f_back
+    return None
+
+
+def wrapper_variables(wrapper: Any) -> list[Any]:
+    """What the wrapper's load assigns: its own variables, then the wrapped optimizer's."""
+    return [*wrapper._variables, *getattr(wrapper, WRAPPED_CHILD)._listed_variables()]
+
+
 def keras_load_skips_mismatches() -> bool:
     """Whether the Keras load running now was asked to skip mismatches.
 

@@ -154,6 +154,13 @@ class IntrospectableOptimizer(_OptimizerBase):
 
     @property
     def variables(self) -> list[Any]:
+        loading = _keras_private.wrapper_loading(self)
+        if loading is not None:  # a LossScaleOptimizer is about to assign them
+            _persistence.check_wrapper_load(self, self._ensure_introspection_state(), *loading)
+        return self._listed_variables()
+
+    def _listed_variables(self) -> list[Any]:
+        """``variables``: the plain optimizer's, and on JAX the state's after them."""
         plain = self._plain_variables()
         state = self.__dict__.get("_introspection_state")
         if _LIST_CACHE_IN_VARIABLES and state is not None:

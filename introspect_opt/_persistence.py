@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+import weakref
 from typing import Any
 
 import keras
@@ -72,6 +73,13 @@ def _describe(optimizer: Any) -> str:
 def read_file(optimizer: Any, store: Any) -> FileState:
     """Reads and checks the optimizer's entries and the state's group of a file."""
     source = _keras_private.describe_store(store)
+    values = _read_numbered(optimizer, store, source)
+    group = _keras_private.read_child_group(store, STATE_ATTRIBUTE)
+    return FileState(source, values, check_entries(group, source))
+
+
+def _read_numbered(optimizer: Any, store: Any, source: str) -> list[np.ndarray]:
+    """The numbered entries Keras writes for an optimizer, checked to be numbers."""
     keys = set(store.keys())
     if keys != {str(i) for i in range(len(keys))}:
         raise ValueError(
@@ -88,8 +96,7 @@ def read_file(optimizer: Any, store: Any) -> FileState:
                 f"entry {index} holds {value.dtype} data, not numbers. The file is "
                 f"damaged; nothing was loaded into the optimizer. {FIX}"
             )
-    group = _keras_private.read_child_group(store, STATE_ATTRIBUTE)
-    return FileState(source, values, check_entries(group, source))
+    return values
 
 
 def _prefix_count(optimizer: Any) -> int:
@@ -229,8 +236,50 @@ def before_checkpoint(optimizer: Any, restoring: bool) -> None:
     )
 
 
+def check_wrapper_load(optimizer: Any, state: AppliedRateState, wrapper: Any, store: Any) -> None:
+    """Checks a file before the ``LossScaleOptimizer`` wrapping ``optimizer`` loads it.
+
+    The wrapper assigns its own variables and ``optimizer``'s by position
+    from its group, before Keras hands ``optimizer`` its own group (see
+    ``_keras_private.wrapper_loading``). Everything either load would assign
+    is checked here first: a damaged file raises before anything changes, and
+    ``optimizer``'s own load of the same file then refuses too.
+    """
+    path = store._h5_entry_path
+    state.refused = None
+    try:
+        source = _keras_private.describe_store(store)
+        values = _read_numbered(wrapper, store, source)
+        variables = _keras_private.wrapper_variables(wrapper)
+        # Keras skips the wrapper's state (with a warning) when the counts differ.
+        if len(values) == len(variables) and (
+            problem := _mismatch(wrapper, variables, values, source)
+        ):
+            raise ValueError(f"{problem} {FIX}")
+        child = _keras_private.WRAPPED_CHILD
+        store.get(f"{path}/{child}" if path else child)
+        file = read_file(optimizer, store)
+        if file.values and optimizer.built:
+            _check(optimizer, file.values, file.source)
+        elif file.values:
+            _check_prefix(optimizer, file)
+    except ValueError as error:
+        state.refused = (weakref.ref(store), str(error))
+        raise
+    finally:
+        store.get(path)
+
+
 def load(optimizer: Any, state: AppliedRateState, store: Any) -> None:
     """Replaces ``Optimizer.load_own_variables``: everything, or an error and no change."""
+    refused, state.refused = state.refused, None
+    if refused is not None and refused[0]() is store:
+        raise ValueError(
+            f"Cannot restore {_describe(optimizer)} from "
+            f"{_keras_private.describe_store(store)}: the LossScaleOptimizer that wraps it "
+            f"refused the same file, so nothing was loaded into the optimizer. Its "
+            f"reason: {refused[1]}"
+        )
     file = read_file(optimizer, store)
     if not file.values:
         warnings.warn(
@@ -252,12 +301,8 @@ def load(optimizer: Any, state: AppliedRateState, store: Any) -> None:
     # Not built and no model to build it for (an unpickled optimizer, say):
     # restore the step counter (and rate) now, check and assign the rest at
     # build().
-    prefix_count = _prefix_count(optimizer)
+    prefix_count = _check_prefix(optimizer, file)
     prefix = optimizer._plain_variables()[:prefix_count]
-    problem = _mismatch(optimizer, prefix, file.values[:prefix_count], file.source)
-    if problem or len(file.values) < prefix_count:
-        problem = problem or _mismatch(optimizer, prefix, file.values, file.source)
-        raise ValueError(f"{problem} {FIX}")
     state.pending = Pending(
         source=file.source,
         slots=file.values[prefix_count:],
@@ -267,6 +312,17 @@ def load(optimizer: Any, state: AppliedRateState, store: Any) -> None:
         earlier=state.pending,
     )
     _assign(prefix, file.values[:prefix_count])
+
+
+def _check_prefix(optimizer: Any, file: FileState) -> int:
+    """Raises unless the file fits the variables an unbuilt optimizer has; returns their count."""
+    prefix_count = _prefix_count(optimizer)
+    prefix = optimizer._plain_variables()[:prefix_count]
+    problem = _mismatch(optimizer, prefix, file.values[:prefix_count], file.source)
+    if problem or len(file.values) < prefix_count:
+        problem = problem or _mismatch(optimizer, prefix, file.values, file.source)
+        raise ValueError(f"{problem} {FIX}")
+    return prefix_count
 
 
 def _check(optimizer: Any, values: list[np.ndarray], source: str, note: str = "") -> None:

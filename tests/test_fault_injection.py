@@ -330,6 +330,111 @@ def test_load_model_of_a_damaged_file_names_it(
         assert str(path) in str(caught.value), caught.value
 
 
+# --- Mixed precision: a LossScaleOptimizer loads the wrapped optimizer's variables first ---------
+
+# Under mixed_float16 the file holds the wrapper's group (its own 4 variables,
+# then the wrapped optimizer's) and the wrapped optimizer's group, with the
+# state's group inside it. Keras loads the wrapper's group first.
+WRAPPER_GROUPS = {
+    "wrapper": ("optimizer/vars", 4),  # (group, index of the wrapped optimizer's first entry)
+    "wrapped": ("optimizer/inner_optimizer/vars", 0),
+}
+WRAPPED_STATE = "optimizer/inner_optimizer/_introspection_state/vars"
+
+
+def _wrapper_damages() -> dict[str, Callable[[h5py.File], None]]:
+    damages: dict[str, Callable[[h5py.File], None]] = {
+        "state: rate as a string": _set(f"{WRAPPED_STATE}/applied_learning_rate", b"abc"),
+        "state: rate as a vector": _set(f"{WRAPPED_STATE}/applied_learning_rate", np.ones(2)),
+        "state: count as a float": _set(f"{WRAPPED_STATE}/update_count", np.float32(3.0)),
+        "state: entry missing": _drop(f"{WRAPPED_STATE}/update_count"),
+        "state: extra entry": _set(f"{WRAPPED_STATE}/bogus", 1.0),
+        "wrapper: loss scale as a string": _set("optimizer/vars/3", b"x"),
+        "wrapper: step counter as a float": _set("optimizer/vars/2", np.float32(1.0)),
+    }
+    for group, (path, first) in WRAPPER_GROUPS.items():
+        damages[f"{group}: iterations as a float"] = _set(f"{path}/{first}", np.float32(3.0))
+        damages[f"{group}: slot of another shape"] = _set(
+            f"{path}/{first + 2}", np.zeros((4, 2), "float32")
+        )
+        damages[f"{group}: last slot as a string"] = _set(f"{path}/{first + 3}", b"xyz")
+    return damages
+
+
+WRAPPER_DAMAGES = _wrapper_damages()
+
+
+def mixed_precision_model(steps: int) -> Any:
+    """A compiled mixed_float16 model (its optimizer in a LossScaleOptimizer), trained ``steps``."""
+    keras.config.set_dtype_policy("mixed_float16")  # conftest puts float32 back
+    model = tiny_model()
+    model.compile(IntrospectableSGD(SCHEDULE, momentum=0.9), loss="mse")
+    if BACKEND == "jax":  # the wrapper's eager apply() leaks a tracer on JAX: fit (stateless)
+        x = np.linspace(-1, 1, 12 * steps, dtype="float32").reshape(4 * steps, 3)
+        model.fit(x, x[:, :2], batch_size=4, epochs=1, verbose=0, shuffle=False)
+        return model
+    model.optimizer.build(model.trainable_variables)
+    for _ in range(steps):
+        grads = [keras.ops.convert_to_tensor(g) for g in GRADS]
+        model.optimizer.apply(grads, model.trainable_variables)
+    return model
+
+
+def wrapped_snapshot(model: Any) -> dict[str, np.ndarray]:
+    """Every variable of the wrapper (the wrapped optimizer's included) and the applied rate."""
+    wrapper = model.optimizer
+    values = {
+        f"var{i}": np.asarray(keras.ops.convert_to_numpy(v))
+        for i, v in enumerate(wrapper.variables)
+    }
+    rate = wrapper.inner_optimizer.current_learning_rate
+    values["rate"] = np.asarray(keras.ops.convert_to_numpy(rate), "float32")
+    return values
+
+
+@pytest.fixture(scope="module")
+def wrapped_source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Any]:
+    """A mixed-precision model's .weights.h5 and .keras files, and the model."""
+    folder = tmp_path_factory.mktemp("wrapped")
+    writer = mixed_precision_model(3)
+    writer.save_weights(folder / "w.weights.h5")
+    writer.save(folder / "w.keras")
+    keras.config.set_dtype_policy("float32")
+    return folder / "w.weights.h5", folder / "w.keras", writer
+
+
+WRAPPER_FORMATS = ("weights.h5", "keras", "backup")
+
+
+@pytest.mark.parametrize("fmt", WRAPPER_FORMATS)
+@pytest.mark.parametrize("damage", [None, *WRAPPER_DAMAGES], ids=["intact", *WRAPPER_DAMAGES])
+def test_mixed_precision_load_restores_exactly_or_raises_and_changes_nothing(
+    wrapped_source: tuple[Path, Path, Any], tmp_path: Path, fmt: str, damage: str | None
+) -> None:
+    """Through a LossScaleOptimizer: all of it (loss scale included), or an error and no change."""
+    weights, keras_file, writer = wrapped_source
+    path = weights
+    if damage is not None:
+        path = tmp_path / "damaged.weights.h5"
+        shutil.copy(weights, path)
+        with h5py.File(path, "a") as f:
+            WRAPPER_DAMAGES[damage](f)
+    if fmt == "keras":
+        path = _as_keras_file(path, keras_file, tmp_path)
+    model = mixed_precision_model(2)
+    if damage is None:
+        load(fmt, model, path, tmp_path)
+        assert_same(wrapped_snapshot(model), wrapped_snapshot(writer), wrapped_snapshot(writer))
+        return
+    before = wrapped_snapshot(model)
+    with pytest.raises(ValueError) as caught:
+        load(fmt, model, path, tmp_path)
+    message = str(caught.value)
+    assert (path.name if fmt != "backup" else "latest.weights.h5") in message, message
+    assert "nothing was loaded into the optimizer" in message.lower(), message
+    assert_same(wrapped_snapshot(model), before, before)
+
+
 # --- tf.train.Checkpoint: what TensorFlow decides, and what we add -----------------------------
 
 

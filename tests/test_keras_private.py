@@ -65,6 +65,33 @@ def test_keras_hands_the_optimizer_a_store_that_reaches_the_state_group(tmp_path
         store.close()
 
 
+def test_loss_scale_optimizer_reads_the_wrapped_variables_before_it_assigns(
+    tmp_path: Path,
+) -> None:
+    """Its load_own_variables lists ``variables`` (own, then wrapped) before any assign.
+
+    That read is where the wrapped optimizer checks the file first
+    (``wrapper_loading``); the wrapped group must sit under ``inner_optimizer``.
+    """
+    load = keras.optimizers.LossScaleOptimizer.load_own_variables
+    assert load.__code__ is _keras_private._WRAPPER_LOAD_CODE
+    source = inspect.getsource(load)
+    assert source.index("self.variables") < source.index(".assign(")
+    assert list(inspect.signature(load).parameters) == ["self", "store"]
+    model = make_model()
+    wrapped = IntrospectableSGD(SCHEDULE, momentum=0.9)
+    model.compile(keras.optimizers.LossScaleOptimizer(wrapped), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    wrapper = model.optimizer
+    assert [id(v) for v in wrapper.variables] == [
+        id(v) for v in _keras_private.wrapper_variables(wrapper)
+    ]
+    model.save_weights(tmp_path / "m.weights.h5")
+    with h5py.File(tmp_path / "m.weights.h5") as f:
+        assert f"optimizer/{_keras_private.WRAPPED_CHILD}/vars" in f
+        assert len(f["optimizer/vars"]) == len(wrapper.variables)
+
+
 def test_the_model_that_trains_an_optimizer_is_found_on_the_stack() -> None:
     """owning_model finds a built model holding the optimizer, also behind loss scaling."""
     model = make_model()
