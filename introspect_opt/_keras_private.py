@@ -113,6 +113,9 @@ def _local_of(function: Any, name: str) -> Any:
 # sees the load coming and can check the whole file first (_persistence).
 _WRAPPER_LOAD_CODE = keras.optimizers.LossScaleOptimizer.load_own_variables.__code__
 WRAPPED_CHILD = "inner_optimizer"  # the wrapped optimizer's group, in the wrapper's
+# A LossScaleOptimizer's own variables before ``build`` (iterations, learning
+# rate); ``build`` adds the step counter and the loss scale.
+WRAPPER_VARIABLES_BEFORE_BUILD = 2
 
 
 def wrapper_loading(optimizer: Any) -> tuple[Any, Any] | None:
@@ -128,16 +131,24 @@ def wrapper_loading(optimizer: Any) -> tuple[Any, Any] | None:
             return None
         if frame.f_code is _WRAPPER_LOAD_CODE:
             wrapper = frame.f_locals.get("self")
-            if getattr(wrapper, WRAPPED_CHILD, None) is not optimizer:
-                return None
-            return wrapper, frame.f_locals.get("store")
+            store = frame.f_locals.get("store")
+            if getattr(wrapper, WRAPPED_CHILD, None) is not optimizer or not hasattr(
+                store, "_h5_entry_path"
+            ):
+                return None  # another caller, or a store we cannot read ahead
+            return wrapper, store
         frame = frame.f_back
     return None
 
 
+def wrapper_own_variables(wrapper: Any) -> list[Any]:
+    """The wrapper's own variables (step counter, loss scale ...), without the wrapped ones."""
+    return list(wrapper._variables)
+
+
 def wrapper_variables(wrapper: Any) -> list[Any]:
     """What the wrapper's load assigns: its own variables, then the wrapped optimizer's."""
-    return [*wrapper._variables, *getattr(wrapper, WRAPPED_CHILD)._listed_variables()]
+    return [*wrapper_own_variables(wrapper), *getattr(wrapper, WRAPPED_CHILD)._listed_variables()]
 
 
 def keras_load_skips_mismatches() -> bool:

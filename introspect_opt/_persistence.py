@@ -74,8 +74,20 @@ def read_file(optimizer: Any, store: Any) -> FileState:
     """Reads and checks the optimizer's entries and the state's group of a file."""
     source = _keras_private.describe_store(store)
     values = _read_numbered(optimizer, store, source)
-    group = _keras_private.read_child_group(store, STATE_ATTRIBUTE)
+    try:
+        group = _keras_private.read_child_group(store, STATE_ATTRIBUTE)
+    except (OSError, TypeError, KeyError, RuntimeError) as error:
+        raise _unreadable(optimizer, source, error) from error
     return FileState(source, values, check_entries(group, source))
+
+
+def _unreadable(optimizer: Any, source: str, error: BaseException) -> ValueError:
+    """h5py's own error for an entry it cannot read (a bad chunk, an empty dataset), named."""
+    return ValueError(
+        f"Cannot restore {_describe(optimizer)} from {source}: an entry could not be "
+        f"read ({type(error).__name__}: {error}). The file is damaged; nothing was "
+        f"loaded into the optimizer. {FIX}"
+    )
 
 
 def _read_numbered(optimizer: Any, store: Any, source: str) -> list[np.ndarray]:
@@ -88,7 +100,10 @@ def _read_numbered(optimizer: Any, store: Any, source: str) -> list[np.ndarray]:
             "writes: an entry is missing or renamed, so the file is damaged (or not "
             f"written by a Keras optimizer); nothing was loaded into the optimizer. {FIX}"
         )
-    values = [np.asarray(store[str(i)]) for i in range(len(keys))]
+    try:
+        values = [np.asarray(store[str(i)]) for i in range(len(keys))]
+    except (OSError, TypeError, KeyError, RuntimeError) as error:
+        raise _unreadable(optimizer, source, error) from error
     for index, value in enumerate(values):
         if not is_number_array(value):
             raise ValueError(
@@ -244,21 +259,44 @@ def check_wrapper_load(optimizer: Any, state: AppliedRateState, wrapper: Any, st
     ``_keras_private.wrapper_loading``). Everything either load would assign
     is checked here first: a damaged file raises before anything changes, and
     ``optimizer``'s own load of the same file then refuses too.
+
+    When the wrapper's group has another length than the wrapper has
+    variables (written on another backend, by a plain optimizer on JAX, or
+    with other features), Keras skips that group with a warning; the
+    wrapped optimizer's own group restores it, and the wrapper's own state
+    (loss scale, step counter) is restored here from the group's first
+    entries.
     """
     path = store._h5_entry_path
+    child = _keras_private.WRAPPED_CHILD
     state.refused = None
+    source = _keras_private.describe_store(store)
+    own = _keras_private.wrapper_own_variables(wrapper)
+    own_values: list[np.ndarray] = []
     try:
-        source = _keras_private.describe_store(store)
         values = _read_numbered(wrapper, store, source)
         variables = _keras_private.wrapper_variables(wrapper)
-        # Keras skips the wrapper's state (with a warning) when the counts differ.
-        if len(values) == len(variables) and (
-            problem := _mismatch(wrapper, variables, values, source)
-        ):
-            raise ValueError(f"{problem} {FIX}")
-        child = _keras_private.WRAPPED_CHILD
         store.get(f"{path}/{child}" if path else child)
         file = read_file(optimizer, store)
+        if values and not file.values:
+            raise ValueError(
+                f"Cannot restore {_describe(wrapper)} from {source}: the file holds "
+                f"state for an optimizer but none for the one it wraps (group "
+                f"'{child}'): it was written without loss scaling (under another "
+                "dtype policy than mixed_float16), or that group is missing. Nothing "
+                "was loaded into the optimizer. Load it under the dtype policy that "
+                "wrote it; or, with `model.load_weights(path, skip_mismatch=True)`, "
+                "load the model weights and keep this optimizer's current state."
+            )
+        if len(values) == len(variables):
+            problem = _mismatch(wrapper, variables, values, source)
+        elif file.values and wrapper.built:
+            own_values = _own_values(wrapper, values, file, own)
+            problem = _mismatch(wrapper, own, own_values, source) if own_values else ""
+        else:
+            problem = ""  # Keras skips the group of a wrapper not built yet (a warning)
+        if problem:
+            raise ValueError(f"{problem} {FIX}")
         if file.values and optimizer.built:
             _check(optimizer, file.values, file.source)
         elif file.values:
@@ -266,8 +304,39 @@ def check_wrapper_load(optimizer: Any, state: AppliedRateState, wrapper: Any, st
     except ValueError as error:
         state.refused = (weakref.ref(store), str(error))
         raise
+    except Exception as error:  # h5py's own, for an entry it cannot read
+        named = _unreadable(wrapper, source, error)
+        state.refused = (weakref.ref(store), str(named))
+        raise named from error
     finally:
         store.get(path)
+    if own_values:  # Keras skips the group of this length: its own state from here
+        _assign(own, own_values)
+
+
+def _own_values(
+    wrapper: Any, values: list[np.ndarray], file: FileState, own: list[Any]
+) -> list[np.ndarray]:
+    """The wrapper's own entries at the front of its group; empty if the file has none.
+
+    The group holds the writer's own variables, then its wrapped optimizer's
+    (which its own group, ``file``, holds too), then on JAX the state's. A
+    writer built (as this wrapper is) had all of its own; one not built yet
+    had only those made before ``build``, and no loss scale to restore. Any
+    other length is damage.
+    """
+    extra = len(values) - len(file.values)
+    if extra in (len(own), len(own) + len(file.entries or {})):
+        return values[: len(own)]
+    if extra == _keras_private.WRAPPER_VARIABLES_BEFORE_BUILD:
+        return []
+    raise ValueError(
+        f"Cannot restore {_describe(wrapper)} from {file.source}: its group holds "
+        f"{len(values)} entries, which is not its own {len(own)} and the "
+        f"{len(file.values)} of the optimizer it wraps (plus, written on JAX, the "
+        f"{len(file.entries or {})} of the applied rate): an entry is missing or "
+        f"extra, so the file is damaged. Nothing was loaded into the optimizer. {FIX}"
+    )
 
 
 def load(optimizer: Any, state: AppliedRateState, store: Any) -> None:

@@ -156,6 +156,7 @@ DAMAGES: dict[str, Callable[[h5py.File], None] | None] = {
     "count as a float": _set(f"{STATE}/update_count", np.float32(3.0)),
     "slot of another shape": _set("optimizer/vars/2", np.zeros((4, 2), "float32")),
     "slot as a string": _set("optimizer/vars/2", b"xyz"),
+    "slot an empty dataset": _set("optimizer/vars/2", h5py.Empty("f4")),
     "iterations as a float": _set("optimizer/vars/0", np.float32(3.0)),
     "numbered entry missing": _drop("optimizer/vars/1"),
     "optimizer entry renamed": _set("optimizer/vars/momentum", np.zeros((3, 2), "float32")),
@@ -333,13 +334,28 @@ def test_load_model_of_a_damaged_file_names_it(
 # --- Mixed precision: a LossScaleOptimizer loads the wrapped optimizer's variables first ---------
 
 # Under mixed_float16 the file holds the wrapper's group (its own 4 variables,
-# then the wrapped optimizer's) and the wrapped optimizer's group, with the
-# state's group inside it. Keras loads the wrapper's group first.
+# then the wrapped optimizer's, then on JAX the state's) and the wrapped
+# optimizer's group, with the state's group inside it. Keras loads the
+# wrapper's group first.
 WRAPPER_GROUPS = {
     "wrapper": ("optimizer/vars", 4),  # (group, index of the wrapped optimizer's first entry)
     "wrapped": ("optimizer/inner_optimizer/vars", 0),
 }
 WRAPPED_STATE = "optimizer/inner_optimizer/_introspection_state/vars"
+
+
+def _append(group: str) -> Callable[[h5py.File], None]:
+    def damage(f: h5py.File) -> None:
+        f[f"{group}/{len(f[group])}"] = np.float32(1.0)
+
+    return damage
+
+
+def _drop_last(group: str) -> Callable[[h5py.File], None]:
+    def damage(f: h5py.File) -> None:
+        del f[f"{group}/{len(f[group]) - 1}"]
+
+    return damage
 
 
 def _wrapper_damages() -> dict[str, Callable[[h5py.File], None]]:
@@ -350,7 +366,12 @@ def _wrapper_damages() -> dict[str, Callable[[h5py.File], None]]:
         "state: entry missing": _drop(f"{WRAPPED_STATE}/update_count"),
         "state: extra entry": _set(f"{WRAPPED_STATE}/bogus", 1.0),
         "wrapper: loss scale as a string": _set("optimizer/vars/3", b"x"),
+        "wrapper: loss scale an empty dataset": _set("optimizer/vars/3", h5py.Empty("f4")),
         "wrapper: step counter as a float": _set("optimizer/vars/2", np.float32(1.0)),
+        "wrapper: last entry missing": _drop_last("optimizer/vars"),
+        "wrapper: an entry too many": _append("optimizer/vars"),
+        "wrapper: its group deleted": _drop("optimizer/vars"),
+        "wrapped: its group deleted": _drop("optimizer/inner_optimizer"),
     }
     for group, (path, first) in WRAPPER_GROUPS.items():
         damages[f"{group}: iterations as a float"] = _set(f"{path}/{first}", np.float32(3.0))
@@ -362,69 +383,93 @@ def _wrapper_damages() -> dict[str, Callable[[h5py.File], None]]:
 
 
 WRAPPER_DAMAGES = _wrapper_damages()
+# Files written by other set-ups: (writer, outcome).
+WRAPPER_FOREIGN = {
+    "intact": ("ours", "restored"),
+    "plain SGD, mixed precision": ("plain", "restored"),
+    "with a rate history": ("history", "restored"),
+    "float32, no wrapper": ("float32", "raised"),
+}
 
 
-def mixed_precision_model(steps: int) -> Any:
+def mixed_precision_model(steps: int, kind: str = "ours") -> Any:
     """A compiled mixed_float16 model (its optimizer in a LossScaleOptimizer), trained ``steps``."""
-    keras.config.set_dtype_policy("mixed_float16")  # conftest puts float32 back
+    keras.config.set_dtype_policy("float32" if kind == "float32" else "mixed_float16")
     model = tiny_model()
-    model.compile(IntrospectableSGD(SCHEDULE, momentum=0.9), loss="mse")
+    optimizer = {
+        "plain": lambda: keras.optimizers.SGD(SCHEDULE, momentum=0.9),
+        "history": lambda: keep_rate_history(IntrospectableSGD(SCHEDULE, momentum=0.9), 8),
+    }.get(kind, lambda: IntrospectableSGD(SCHEDULE, momentum=0.9))()
+    model.compile(optimizer, loss="mse")
     if BACKEND == "jax":  # the wrapper's eager apply() leaks a tracer on JAX: fit (stateless)
         x = np.linspace(-1, 1, 12 * steps, dtype="float32").reshape(4 * steps, 3)
         model.fit(x, x[:, :2], batch_size=4, epochs=1, verbose=0, shuffle=False)
-        return model
-    model.optimizer.build(model.trainable_variables)
-    for _ in range(steps):
-        grads = [keras.ops.convert_to_tensor(g) for g in GRADS]
-        model.optimizer.apply(grads, model.trainable_variables)
+    else:
+        model.optimizer.build(model.trainable_variables)
+        for _ in range(steps):
+            grads = [keras.ops.convert_to_tensor(g) for g in GRADS]
+            model.optimizer.apply(grads, model.trainable_variables)
+    keras.config.set_dtype_policy("mixed_float16")  # conftest puts float32 back
     return model
 
 
 def wrapped_snapshot(model: Any) -> dict[str, np.ndarray]:
-    """Every variable of the wrapper (the wrapped optimizer's included) and the applied rate."""
+    """The wrapper's own variables, the wrapped optimizer's, and the applied rate.
+
+    For a plain wrapped optimizer the applied rate is the contract's ``s(n - 1)``.
+    """
     wrapper = model.optimizer
-    values = {
-        f"var{i}": np.asarray(keras.ops.convert_to_numpy(v))
-        for i, v in enumerate(wrapper.variables)
-    }
-    rate = wrapper.inner_optimizer.current_learning_rate
-    values["rate"] = np.asarray(keras.ops.convert_to_numpy(rate), "float32")
+    inner = getattr(wrapper, "inner_optimizer", wrapper)
+    numpy = keras.ops.convert_to_numpy
+    values = {f"own{i}": np.asarray(numpy(v)) for i, v in enumerate(wrapper._variables)}
+    plain = getattr(inner, "_plain_variables", lambda: inner.variables)()
+    values.update({f"var{i}": np.asarray(numpy(v)) for i, v in enumerate(plain)})
+    if hasattr(inner, "current_learning_rate"):
+        rate = inner.current_learning_rate
+    else:
+        rate = SCHEDULE(int(numpy(inner.iterations)) - 1)
+    values["rate"] = np.asarray(numpy(rate), "float32")
     return values
 
 
 @pytest.fixture(scope="module")
-def wrapped_source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Any]:
-    """A mixed-precision model's .weights.h5 and .keras files, and the model."""
+def wrapped_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path, Any]]:
+    """For each writer: its .weights.h5 and .keras files, and the model."""
     folder = tmp_path_factory.mktemp("wrapped")
-    writer = mixed_precision_model(3)
-    writer.save_weights(folder / "w.weights.h5")
-    writer.save(folder / "w.keras")
+    sources = {}
+    for kind in ("ours", "plain", "history", "float32"):
+        writer = mixed_precision_model(3, kind)
+        writer.save_weights(folder / f"{kind}.weights.h5")
+        writer.save(folder / f"{kind}.keras")
+        sources[kind] = (folder / f"{kind}.weights.h5", folder / f"{kind}.keras", writer)
     keras.config.set_dtype_policy("float32")
-    return folder / "w.weights.h5", folder / "w.keras", writer
+    return sources
 
 
-WRAPPER_FORMATS = ("weights.h5", "keras", "backup")
+WRAPPER_CASES = [*WRAPPER_FOREIGN, *WRAPPER_DAMAGES]
 
 
-@pytest.mark.parametrize("fmt", WRAPPER_FORMATS)
-@pytest.mark.parametrize("damage", [None, *WRAPPER_DAMAGES], ids=["intact", *WRAPPER_DAMAGES])
+@pytest.mark.parametrize("fmt", ("weights.h5", "keras", "backup"))
+@pytest.mark.parametrize("case", WRAPPER_CASES)
 def test_mixed_precision_load_restores_exactly_or_raises_and_changes_nothing(
-    wrapped_source: tuple[Path, Path, Any], tmp_path: Path, fmt: str, damage: str | None
+    wrapped_sources: dict[str, tuple[Path, Path, Any]], tmp_path: Path, fmt: str, case: str
 ) -> None:
     """Through a LossScaleOptimizer: all of it (loss scale included), or an error and no change."""
-    weights, keras_file, writer = wrapped_source
+    writer_kind, outcome = WRAPPER_FOREIGN.get(case, ("ours", "raised"))
+    weights, keras_file, writer = wrapped_sources[writer_kind]
     path = weights
-    if damage is not None:
+    if case in WRAPPER_DAMAGES:
         path = tmp_path / "damaged.weights.h5"
         shutil.copy(weights, path)
         with h5py.File(path, "a") as f:
-            WRAPPER_DAMAGES[damage](f)
+            WRAPPER_DAMAGES[case](f)
     if fmt == "keras":
         path = _as_keras_file(path, keras_file, tmp_path)
     model = mixed_precision_model(2)
-    if damage is None:
+    if outcome == "restored":
         load(fmt, model, path, tmp_path)
-        assert_same(wrapped_snapshot(model), wrapped_snapshot(writer), wrapped_snapshot(writer))
+        expected = wrapped_snapshot(writer)
+        assert_same(wrapped_snapshot(model), expected, expected)
         return
     before = wrapped_snapshot(model)
     with pytest.raises(ValueError) as caught:

@@ -81,6 +81,8 @@ def test_loss_scale_optimizer_reads_the_wrapped_variables_before_it_assigns(
     model = make_model()
     wrapped = IntrospectableSGD(SCHEDULE, momentum=0.9)
     model.compile(keras.optimizers.LossScaleOptimizer(wrapped), loss="mse")
+    before_build = _keras_private.wrapper_own_variables(model.optimizer)
+    assert len(before_build) == _keras_private.WRAPPER_VARIABLES_BEFORE_BUILD
     model.optimizer.build(model.trainable_variables)
     wrapper = model.optimizer
     assert [id(v) for v in wrapper.variables] == [
