@@ -201,6 +201,8 @@ def describe_store(store: Any) -> str:
     """Names the file behind a Keras weights store, for error messages."""
     archive = getattr(store, "archive", None)
     inner = getattr(store, "path_or_io", None)
+    if inner is None:  # ShardedH5IOStore: the .weights.json its shards are listed in
+        inner = getattr(store, "path", None)
     entry = getattr(store, "_h5_entry_path", None)
     if archive is not None and getattr(archive, "filename", None):
         where = f"{archive.filename} (member {inner})"

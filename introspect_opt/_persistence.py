@@ -363,7 +363,10 @@ def load(optimizer: Any, state: AppliedRateState, store: Any) -> None:
         # slots wait for the build on the variables it trains (checked then).
         build_for_model(optimizer, values=file.values)
     if optimizer.built:
-        _check(optimizer, file.values, file.source)
+        try:
+            _check(optimizer, file.values, file.source)
+        except ValueError as error:
+            raise ValueError(f"{error}{_loss_scaling_hint(store)}") from None
         _assign(optimizer._plain_variables()[: len(file.values)], file.values)
         state.assign_entries(optimizer, file.entries)
         return
@@ -381,6 +384,21 @@ def load(optimizer: Any, state: AppliedRateState, store: Any) -> None:
         earlier=state.pending,
     )
     _assign(prefix, file.values[:prefix_count])
+
+
+def _loss_scaling_hint(store: Any) -> str:
+    """A hint when the file's optimizer was wrapped in a LossScaleOptimizer and this one is not."""
+    try:
+        wrapped = _keras_private.read_child_group(store, _keras_private.WRAPPED_CHILD)
+    except (OSError, TypeError, KeyError, RuntimeError):
+        return ""
+    if not wrapped:
+        return ""
+    return (
+        " The file was written under mixed precision (a LossScaleOptimizer wrapped "
+        'the optimizer): call `keras.config.set_dtype_policy("mixed_float16")` '
+        "before building and loading the model."
+    )
 
 
 def _check_prefix(optimizer: Any, file: FileState) -> int:

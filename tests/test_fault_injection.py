@@ -480,6 +480,25 @@ def test_mixed_precision_load_restores_exactly_or_raises_and_changes_nothing(
     assert_same(wrapped_snapshot(model), before, before)
 
 
+@pytest.mark.parametrize("sharded", [False, True], ids=["weights.h5", "sharded"])
+def test_a_mixed_precision_file_into_a_float32_model_says_so(
+    wrapped_sources: dict[str, tuple[Path, Path, Any]], tmp_path: Path, sharded: bool
+) -> None:
+    """The refusal names the file (sharded: its .weights.json) and the dtype policy to use."""
+    weights, _, writer = wrapped_sources["ours"]
+    if sharded:
+        weights = tmp_path / "m.weights.json"
+        writer.save_weights(weights, max_shard_size=1e-7)  # a few hundred bytes a shard
+    keras.config.set_dtype_policy("float32")
+    model = make_target("built", None)
+    before = snapshot(model)
+    with pytest.raises(ValueError) as caught:
+        model.load_weights(weights)
+    assert weights.name in str(caught.value)
+    assert 'set_dtype_policy("mixed_float16")' in str(caught.value)
+    assert_same(snapshot(model), before, [k for k in before if k.startswith(OPTIMIZER_KEYS)])
+
+
 # --- tf.train.Checkpoint: what TensorFlow decides, and what we add -----------------------------
 
 
