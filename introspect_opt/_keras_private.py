@@ -116,6 +116,7 @@ WRAPPED_CHILD = "inner_optimizer"  # the wrapped optimizer's group, in the wrapp
 # A LossScaleOptimizer's own variables before ``build`` (iterations, learning
 # rate); ``build`` adds the step counter and the loss scale.
 WRAPPER_VARIABLES_BEFORE_BUILD = 2
+LOSS_SCALE_VARIABLE = "dynamic_scale"  # the name of its loss-scale variable
 
 
 def wrapper_loading(optimizer: Any) -> tuple[Any, Any] | None:

@@ -32,6 +32,7 @@ import keras
 import numpy as np
 
 from . import _keras_private
+from ._keras_private import WRAPPER_VARIABLES_BEFORE_BUILD
 from ._state import AppliedRateState, Entries, check_entries, host_array, is_number_array
 
 STATE_ATTRIBUTE = "_introspection_state"
@@ -142,11 +143,12 @@ def _mismatch(optimizer: Any, variables: list[Any], values: list[np.ndarray], so
                 f"{tuple(value.shape)}. Nothing was loaded into the optimizer."
             )
         wants_int = keras.backend.standardize_dtype(variable.dtype).startswith(("int", "uint"))
-        if wants_int and value.dtype.kind not in "iu":
+        if wants_int != (value.dtype.kind in "iu"):
             return (
                 f"Cannot restore {_describe(optimizer)} from {source}: optimizer "
-                f"variable {index} ('{variable.path}') holds integers, the file "
-                f"holds {value.dtype}. Nothing was loaded into the optimizer."
+                f"variable {index} ('{variable.path}') holds "
+                f"{'integers' if wants_int else 'floats'}, the file holds "
+                f"{value.dtype}. Nothing was loaded into the optimizer."
             )
     return ""
 
@@ -290,13 +292,23 @@ def check_wrapper_load(optimizer: Any, state: AppliedRateState, wrapper: Any, st
             )
         if len(values) == len(variables):
             problem = _mismatch(wrapper, variables, values, source)
+            if not problem and file.values:
+                _writer_own_count(wrapper, values, file, source, [len(own)])
+            own_assigned = values[: len(own)]
         elif file.values and wrapper.built:
-            own_values = _own_values(wrapper, values, file, own)
+            # Keras skips a group of another length (a warning); its own state from here.
+            count = _writer_own_count(
+                wrapper, values, file, source, [len(own), WRAPPER_VARIABLES_BEFORE_BUILD]
+            )
+            own_values = values[:count] if count == len(own) else []
             problem = _mismatch(wrapper, own, own_values, source) if own_values else ""
+            own_assigned = own_values
         else:
             problem = ""  # Keras skips the group of a wrapper not built yet (a warning)
+            own_assigned = []
         if problem:
             raise ValueError(f"{problem} {FIX}")
+        _check_loss_scale(wrapper, own, own_assigned, source)
         if file.values and optimizer.built:
             _check(optimizer, file.values, file.source)
         elif file.values:
@@ -314,29 +326,47 @@ def check_wrapper_load(optimizer: Any, state: AppliedRateState, wrapper: Any, st
         _assign(own, own_values)
 
 
-def _own_values(
-    wrapper: Any, values: list[np.ndarray], file: FileState, own: list[Any]
-) -> list[np.ndarray]:
-    """The wrapper's own entries at the front of its group; empty if the file has none.
+def _writer_own_count(
+    wrapper: Any, values: list[np.ndarray], file: FileState, source: str, counts: list[int]
+) -> int:
+    """How many of the wrapper group's entries are the writer's own; raises if none fits.
 
-    The group holds the writer's own variables, then its wrapped optimizer's
-    (which its own group, ``file``, holds too), then on JAX the state's. A
-    writer built (as this wrapper is) had all of its own; one not built yet
-    had only those made before ``build``, and no loss scale to restore. Any
-    other length is damage.
+    The group holds the writer's own variables (all of them if it was built,
+    fewer if not), then a copy of the wrapped optimizer's own group
+    (``file``) entry for entry, then, written on JAX, the state's entries.
+    Only a count under which that copy matches bit for bit is the file's
+    layout: anything else is damage.
     """
-    extra = len(values) - len(file.values)
-    if extra in (len(own), len(own) + len(file.entries or {})):
-        return values[: len(own)]
-    if extra == _keras_private.WRAPPER_VARIABLES_BEFORE_BUILD:
-        return []
+    wrapped = len(file.values)
+    trailing = (0, len(file.entries or {}))
+    for count in counts:
+        copy = values[count : count + wrapped]
+        if len(values) - count - wrapped in trailing and all(
+            a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+            for a, b in zip(copy, file.values, strict=True)
+        ):
+            return count
     raise ValueError(
-        f"Cannot restore {_describe(wrapper)} from {file.source}: its group holds "
-        f"{len(values)} entries, which is not its own {len(own)} and the "
-        f"{len(file.values)} of the optimizer it wraps (plus, written on JAX, the "
-        f"{len(file.entries or {})} of the applied rate): an entry is missing or "
-        f"extra, so the file is damaged. Nothing was loaded into the optimizer. {FIX}"
+        f"Cannot restore {_describe(wrapper)} from {source}: its group holds "
+        f"{len(values)} entries, and they are not its own followed by a copy of the "
+        f"{wrapped} entries of the optimizer it wraps (group "
+        f"'{_keras_private.WRAPPED_CHILD}'): an entry is missing, extra, moved or "
+        f"changed, so the file is damaged. Nothing was loaded into the optimizer. {FIX}"
     )
+
+
+def _check_loss_scale(wrapper: Any, own: list[Any], values: list[np.ndarray], source: str) -> None:
+    """Refuses a loss scale that no training can have reached: not finite, or not above 0."""
+    for variable, value in zip(own, values, strict=False):
+        if variable.name == _keras_private.LOSS_SCALE_VARIABLE and not (
+            np.all(np.isfinite(value)) and np.all(value > 0)
+        ):
+            raise ValueError(
+                f"Cannot restore {_describe(wrapper)} from {source}: its loss scale "
+                f"('{variable.path}') would be {value}; a loss scale is finite and "
+                f"above 0, so the file is damaged. Nothing was loaded into the "
+                f"optimizer. {FIX}"
+            )
 
 
 def load(optimizer: Any, state: AppliedRateState, store: Any) -> None:

@@ -351,11 +351,45 @@ def _append(group: str) -> Callable[[h5py.File], None]:
     return damage
 
 
-def _drop_last(group: str) -> Callable[[h5py.File], None]:
+def _drop_last(group: str, count: int = 1) -> Callable[[h5py.File], None]:
     def damage(f: h5py.File) -> None:
-        del f[f"{group}/{len(f[group]) - 1}"]
+        for _ in range(count):
+            del f[f"{group}/{len(f[group]) - 1}"]
 
     return damage
+
+
+def _swap(group: str, i: int, j: int) -> Callable[[h5py.File], None]:
+    def damage(f: h5py.File) -> None:
+        first, second = np.asarray(f[f"{group}/{i}"]), np.asarray(f[f"{group}/{j}"])
+        del f[f"{group}/{i}"], f[f"{group}/{j}"]
+        f[f"{group}/{i}"], f[f"{group}/{j}"] = second, first
+
+    return damage
+
+
+def _remove_and_append(group: str, index: int) -> Callable[[h5py.File], None]:
+    """Entry ``index`` gone, the ones after it moved up, a scalar appended: same length."""
+
+    def damage(f: h5py.File) -> None:
+        count = len(f[group])
+        kept = [np.asarray(f[f"{group}/{i}"]) for i in range(count) if i != index]
+        del f[group]
+        for i, value in enumerate([*kept, np.float32(2.0)]):
+            f[f"{group}/{i}"] = value
+
+    return damage
+
+
+def _as_written_on_another_backend(f: h5py.File) -> None:
+    """On JAX the wrapper's group ends with the state's entries; elsewhere it does not."""
+    group, state = f["optimizer/vars"], f[WRAPPED_STATE]
+    if BACKEND == "jax":
+        for _ in state:
+            del group[str(len(group) - 1)]
+    else:
+        for key in sorted(state):
+            group[str(len(group))] = np.asarray(state[key])
 
 
 def _wrapper_damages() -> dict[str, Callable[[h5py.File], None]]:
@@ -372,6 +406,10 @@ def _wrapper_damages() -> dict[str, Callable[[h5py.File], None]]:
         "wrapper: an entry too many": _append("optimizer/vars"),
         "wrapper: its group deleted": _drop("optimizer/vars"),
         "wrapped: its group deleted": _drop("optimizer/inner_optimizer"),
+        "wrapper: last three entries missing": _drop_last("optimizer/vars", 3),
+        "wrapper: its iterations and the wrapped ones swapped": _swap("optimizer/vars", 0, 4),
+        "wrapper: loss scale 0 (swapped with the rate)": _swap("optimizer/vars", 1, 3),
+        "wrapper: loss scale removed, one appended": _remove_and_append("optimizer/vars", 3),
     }
     for group, (path, first) in WRAPPER_GROUPS.items():
         damages[f"{group}: iterations as a float"] = _set(f"{path}/{first}", np.float32(3.0))
@@ -383,6 +421,8 @@ def _wrapper_damages() -> dict[str, Callable[[h5py.File], None]]:
 
 
 WRAPPER_DAMAGES = _wrapper_damages()
+# Changes that give a file Keras could have written, which must restore exactly.
+WRAPPER_RESTORED_CHANGES = {"as written on another backend": _as_written_on_another_backend}
 # Files written by other set-ups: (writer, outcome).
 WRAPPER_FOREIGN = {
     "intact": ("ours", "restored"),
@@ -446,7 +486,7 @@ def wrapped_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple
     return sources
 
 
-WRAPPER_CASES = [*WRAPPER_FOREIGN, *WRAPPER_DAMAGES]
+WRAPPER_CASES = [*WRAPPER_FOREIGN, *WRAPPER_RESTORED_CHANGES, *WRAPPER_DAMAGES]
 
 
 @pytest.mark.parametrize("fmt", ("weights.h5", "keras", "backup"))
@@ -455,14 +495,16 @@ def test_mixed_precision_load_restores_exactly_or_raises_and_changes_nothing(
     wrapped_sources: dict[str, tuple[Path, Path, Any]], tmp_path: Path, fmt: str, case: str
 ) -> None:
     """Through a LossScaleOptimizer: all of it (loss scale included), or an error and no change."""
-    writer_kind, outcome = WRAPPER_FOREIGN.get(case, ("ours", "raised"))
+    changes = {**WRAPPER_RESTORED_CHANGES, **WRAPPER_DAMAGES}
+    default = ("ours", "restored" if case in WRAPPER_RESTORED_CHANGES else "raised")
+    writer_kind, outcome = WRAPPER_FOREIGN.get(case, default)
     weights, keras_file, writer = wrapped_sources[writer_kind]
     path = weights
-    if case in WRAPPER_DAMAGES:
-        path = tmp_path / "damaged.weights.h5"
+    if case in changes:
+        path = tmp_path / "changed.weights.h5"
         shutil.copy(weights, path)
         with h5py.File(path, "a") as f:
-            WRAPPER_DAMAGES[case](f)
+            changes[case](f)
     if fmt == "keras":
         path = _as_keras_file(path, keras_file, tmp_path)
     model = mixed_precision_model(2)

@@ -85,6 +85,8 @@ def test_loss_scale_optimizer_reads_the_wrapped_variables_before_it_assigns(
     assert len(before_build) == _keras_private.WRAPPER_VARIABLES_BEFORE_BUILD
     model.optimizer.build(model.trainable_variables)
     wrapper = model.optimizer
+    names = [v.name for v in _keras_private.wrapper_own_variables(wrapper)]
+    assert _keras_private.LOSS_SCALE_VARIABLE in names, names
     assert [id(v) for v in wrapper.variables] == [
         id(v) for v in _keras_private.wrapper_variables(wrapper)
     ]
