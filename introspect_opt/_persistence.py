@@ -36,6 +36,8 @@ from ._keras_private import WRAPPER_VARIABLES_BEFORE_BUILD
 from ._state import AppliedRateState, Entries, check_entries, host_array, is_number_array
 
 STATE_ATTRIBUTE = "_introspection_state"
+# What h5py raises for an entry it cannot read (a bad chunk, an empty dataset).
+_READ_ERRORS = (OSError, TypeError, KeyError, RuntimeError)
 
 FIX = (
     "Create the optimizer with the same class and arguments as the one that "
@@ -77,7 +79,7 @@ def read_file(optimizer: Any, store: Any) -> FileState:
     values = _read_numbered(optimizer, store, source)
     try:
         group = _keras_private.read_child_group(store, STATE_ATTRIBUTE)
-    except (OSError, TypeError, KeyError, RuntimeError) as error:
+    except _READ_ERRORS as error:
         raise _unreadable(optimizer, source, error) from error
     return FileState(source, values, check_entries(group, source))
 
@@ -103,7 +105,7 @@ def _read_numbered(optimizer: Any, store: Any, source: str) -> list[np.ndarray]:
         )
     try:
         values = [np.asarray(store[str(i)]) for i in range(len(keys))]
-    except (OSError, TypeError, KeyError, RuntimeError) as error:
+    except _READ_ERRORS as error:
         raise _unreadable(optimizer, source, error) from error
     for index, value in enumerate(values):
         if not is_number_array(value):
@@ -269,9 +271,12 @@ def check_wrapper_load(optimizer: Any, state: AppliedRateState, wrapper: Any, st
     (loss scale, step counter) is restored here from the group's first
     entries.
     """
+    checked = state.wrapper_check
+    if checked is not None and checked[0]() is store and checked[1] is None:
+        return  # Keras reads `variables` twice per load: the file was checked already
     path = store._h5_entry_path
     child = _keras_private.WRAPPED_CHILD
-    state.refused = None
+    state.wrapper_check = (weakref.ref(store), None)
     source = _keras_private.describe_store(store)
     own = _keras_private.wrapper_own_variables(wrapper)
     own_values: list[np.ndarray] = []
@@ -314,11 +319,11 @@ def check_wrapper_load(optimizer: Any, state: AppliedRateState, wrapper: Any, st
         elif file.values:
             _check_prefix(optimizer, file)
     except ValueError as error:
-        state.refused = (weakref.ref(store), str(error))
+        state.wrapper_check = (weakref.ref(store), str(error))
         raise
     except Exception as error:  # h5py's own, for an entry it cannot read
         named = _unreadable(wrapper, source, error)
-        state.refused = (weakref.ref(store), str(named))
+        state.wrapper_check = (weakref.ref(store), str(named))
         raise named from error
     finally:
         store.get(path)
@@ -371,8 +376,8 @@ def _check_loss_scale(wrapper: Any, own: list[Any], values: list[np.ndarray], so
 
 def load(optimizer: Any, state: AppliedRateState, store: Any) -> None:
     """Replaces ``Optimizer.load_own_variables``: everything, or an error and no change."""
-    refused, state.refused = state.refused, None
-    if refused is not None and refused[0]() is store:
+    refused, state.wrapper_check = state.wrapper_check, None
+    if refused is not None and refused[0]() is store and refused[1] is not None:
         raise ValueError(
             f"Cannot restore {_describe(optimizer)} from "
             f"{_keras_private.describe_store(store)}: the LossScaleOptimizer that wraps it "
@@ -420,7 +425,7 @@ def _loss_scaling_hint(store: Any) -> str:
     """A hint when the file's optimizer was wrapped in a LossScaleOptimizer and this one is not."""
     try:
         wrapped = _keras_private.read_child_group(store, _keras_private.WRAPPED_CHILD)
-    except (OSError, TypeError, KeyError, RuntimeError):
+    except _READ_ERRORS:
         return ""
     if not wrapped:
         return ""

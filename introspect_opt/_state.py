@@ -185,10 +185,11 @@ class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
         # State read from a file before the optimizer was built (see
         # _persistence.Pending); applied by build().
         self.pending: Any = None
-        # (weak reference to a Keras weights store, reason) when the
-        # LossScaleOptimizer wrapping the owner refused to load from that store:
-        # the owner's own load from it then refuses too (see _persistence).
-        self.refused: Any = None
+        # (weak reference to a Keras weights store, None or the reason it was
+        # refused) once the LossScaleOptimizer wrapping the owner checked it:
+        # the check runs once per load, and after a refusal the owner's own
+        # load from that store refuses too (see _persistence).
+        self.wrapper_check: Any = None
         # Serialises creation of variables against reads from other threads
         # (a monitoring thread may read current_learning_rate during build).
         self.__dict__["_lock"] = threading.RLock()
