@@ -24,6 +24,11 @@ import numpy as np
 from keras import ops
 
 from . import _keras_private, _persistence
+
+if keras.backend.backend() == "tensorflow":
+    from . import _checkpoint
+else:
+    _checkpoint = None  # type: ignore[assignment]
 from ._state import AppliedRateState, Update
 
 if TYPE_CHECKING:
@@ -141,7 +146,23 @@ class IntrospectableOptimizer(_OptimizerBase):
             # Log keys drop the counter Keras appends ("sgd_1"), but only to
             # names Keras chose.
             self.__dict__["_introspect_default_name"] = defaulted
-        super().__init__(*args, **kwargs)
+        # Keras's own constructor sets `loss_scale_factor` too: no wrapper yet.
+        self.__dict__["_introspect_constructing"] = True
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            del self.__dict__["_introspect_constructing"]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if (
+            name == _keras_private.WRAPPING_SIGNAL
+            and value is None
+            and "_introspect_constructing" not in self.__dict__
+        ):
+            # A LossScaleOptimizer was just wrapped around this optimizer
+            # (_keras_private.WRAPPING_SIGNAL): it checks files before it loads.
+            _keras_private.hook_wrapper_loads(self)
 
     def __reduce__(self) -> Any:
         base = type(self).__dict__.get("_introspect_base")
@@ -154,10 +175,15 @@ class IntrospectableOptimizer(_OptimizerBase):
 
     @property
     def variables(self) -> list[Any]:
-        loading = _keras_private.wrapper_loading(self)
-        if loading is not None:  # a LossScaleOptimizer is about to assign them
-            _persistence.check_wrapper_load(self, self._ensure_introspection_state(), *loading)
         return self._listed_variables()
+
+    def _check_wrapper_load(self, wrapper: Any, store: Any) -> None:
+        """Checks a file before ``wrapper`` (a LossScaleOptimizer around this one) loads it.
+
+        Called by the wrapper's ``load_own_variables`` before it assigns
+        anything (``_keras_private.CheckedWrapperLoad``).
+        """
+        _persistence.check_wrapper_load(self, self._ensure_introspection_state(), wrapper, store)
 
     def _listed_variables(self) -> list[Any]:
         """``variables``: the plain optimizer's, and on JAX the state's after them."""
@@ -180,6 +206,8 @@ class IntrospectableOptimizer(_OptimizerBase):
         state = self.__dict__.get("_introspection_state")
         if state is None:
             state = AppliedRateState(self)
+            if _checkpoint is not None:
+                state.attach_manifest_record(_checkpoint.ManifestRecord(state))
             # Attribute assignment makes it a named tf.train.Checkpoint
             # dependency (restored even when attached after `restore()`) and
             # a group of its own in .keras / .weights.h5 files.
@@ -310,14 +338,22 @@ class IntrospectableOptimizer(_OptimizerBase):
     def load_own_variables(self, store: Any) -> None:
         _persistence.load(self, self._ensure_introspection_state(), store)
 
+    def _manifest_to_save(self) -> Any:
+        """The manifest a save writes next to the state (None: none fits, see _persistence)."""
+        return _persistence.state_to_save(self, self._ensure_introspection_state())[1]
+
     if keras.backend.backend() == "tensorflow":
 
         def _trackable_children(self, *args: Any, **kwargs: Any) -> Any:
             # tf.train.Checkpoint lists an object's children before it restores
             # them (no arguments) or saves them (_keras_private.TF_CHILDREN_HOOK).
-            if not self.built and not self.__dict__.get("_introspect_building"):
-                _persistence.before_checkpoint(self, restoring=not args and not kwargs)
-            return super()._trackable_children(*args, **kwargs)
+            if self.__dict__.get("_introspect_building"):
+                return super()._trackable_children(*args, **kwargs)
+            state = self._ensure_introspection_state()  # its manifest restores first
+            children = super()._trackable_children(*args, **kwargs)
+            if not args and not kwargs:  # restoring
+                return children
+            return _checkpoint.children_to_save(self, state, children)
 
 
 def _unpickle(optimizer_class: type, *args: Any) -> Any:

@@ -2,23 +2,19 @@
 
 Keras skips *all* optimizer state, with only a warning, when the number of
 saved variables differs from the optimizer's. An introspectable optimizer
-reads everything a file holds for it (its own numbered entries and the
-state's group) and checks names, shapes and dtypes before it assigns
-anything: a load either restores everything or raises an error that names the
-file, the optimizer and the fix, and changes nothing.
+reads everything a file holds for it (its own numbered entries, the state's
+group and the manifest there, see ``_manifest``) and checks it before it
+assigns anything: a load either restores everything or raises an error that
+names the file, the optimizer and the fix, and changes nothing.
 
-State for variables that do not exist yet never waits where a save could miss
-it. An optimizer that is not built has no slots. When a file brings state for
-them and the model that trains the optimizer is in sight (found with
-``_keras_private.owning_model``) and a build for its variables gives exactly
-the file's layout, the optimizer is built then, as ``fit`` would build it, and
-the state is checked and assigned in full. Otherwise (an optimizer outside
-any model, or one that trains part of its model in a custom loop) the slots
-wait in a queue (:class:`Pending`) until ``build``, which checks them; every
-Keras save path writes the queue, and a ``tf.train.Checkpoint`` save builds
-the optimizer first where that is safe. A ``tf.train.Checkpoint`` restored
-into an unbuilt optimizer leaves its slots inside TensorFlow until ``build``,
-as for plain Keras; a Keras save then builds it first where safe, or refuses.
+Identity is recorded, never inferred: a file with a manifest is refused at
+the load when another class or slot layout wrote it, built or not, and its
+slots go to the model variables they belong to. An optimizer that is not
+built has no slots yet: the file's slots wait in a queue (:class:`Pending`)
+until ``build``, which matches them to the variables it is given. Every save
+path writes the queue: Keras files and pickle through ``save``, and
+``tf.train.Checkpoint`` through ``_checkpoint``. The optimizer never looks for
+the model it belongs to.
 """
 
 from __future__ import annotations
@@ -31,7 +27,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from . import _keras_private
+from . import _keras_private, _manifest
 from ._keras_private import WRAPPER_VARIABLES_BEFORE_BUILD
 from ._state import AppliedRateState, Entries, check_entries, host_array, is_number_array
 
@@ -55,18 +51,29 @@ class FileState:
     source: str
     values: list[np.ndarray]  # the optimizer's own numbered entries, in order
     entries: Entries | None  # the state's group; None: a plain optimizer's file
+    manifest: _manifest.Manifest | None  # None: plain Keras, or introspect-opt 0.2
 
 
 @dataclasses.dataclass(frozen=True)
 class Pending:
-    """A file's state for an optimizer outside any model, waiting for its build."""
+    """A file's state for an optimizer that is not built yet, waiting for its build."""
 
     source: str
     slots: list[np.ndarray]  # the values after the prefix
     entries: Entries | None
+    manifest: _manifest.Manifest | None  # the writer's, for the whole file
     previous: list[np.ndarray]  # the prefix just before this load (rollback)
-    lenient: bool  # loaded under `load_weights(..., skip_mismatch=True)`
+    prefix: list[np.ndarray]  # the prefix this load assigned
     earlier: Pending | None = None  # the queued load this one superseded
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Which value goes into which optimizer variable; what starts fresh."""
+
+    targets: list[Any]
+    values: list[np.ndarray]
+    fresh: list[str]  # model variables whose slots are not in the file
 
 
 def _describe(optimizer: Any) -> str:
@@ -74,14 +81,40 @@ def _describe(optimizer: Any) -> str:
 
 
 def read_file(optimizer: Any, store: Any) -> FileState:
-    """Reads and checks the optimizer's entries and the state's group of a file."""
+    """Reads and checks the optimizer's entries, the state's group and the manifest of a file."""
     source = _keras_private.describe_store(store)
     values = _read_numbered(optimizer, store, source)
     try:
-        group = _keras_private.read_child_group(store, STATE_ATTRIBUTE)
+        group = dict(_keras_private.read_child_group(store, STATE_ATTRIBUTE))
+        stored = group.pop(_manifest.MANIFEST_KEY, None)
+        stored = None if stored is None else np.asarray(stored)
     except _READ_ERRORS as error:
         raise _unreadable(optimizer, source, error) from error
-    return FileState(source, values, check_entries(group, source))
+    manifest = None if stored is None else _manifest.decode(stored, source)
+    if manifest is not None and len(manifest.variables) != len(values):
+        raise ValueError(
+            f"Cannot restore {_describe(optimizer)} from {source}: its manifest lists "
+            f"{len(manifest.variables)} optimizer variables, the file holds {len(values)}: "
+            f"an entry is missing or extra, so the file is damaged. Nothing was loaded "
+            f"into the optimizer. {FIX}"
+        )
+    if manifest is not None:
+        _check_recorded(optimizer, manifest, values, source)
+    return FileState(source, values, check_entries(group, source), manifest)
+
+
+def _check_recorded(
+    optimizer: Any, manifest: _manifest.Manifest, values: list[np.ndarray], source: str
+) -> None:
+    """Each value has the shape its manifest records (a changed entry is damage)."""
+    for index, (slot, value) in enumerate(zip(manifest.variables, values, strict=True)):
+        if tuple(value.shape) != slot.shape:
+            raise ValueError(
+                f"Cannot restore {_describe(optimizer)} from {source}: optimizer entry "
+                f"{index} ('{slot.name}') holds shape {tuple(value.shape)}, its manifest "
+                f"records {slot.shape}: the file is damaged. Nothing was loaded into the "
+                f"optimizer. {FIX}"
+            )
 
 
 def _unreadable(optimizer: Any, source: str, error: BaseException) -> ValueError:
@@ -117,7 +150,7 @@ def _read_numbered(optimizer: Any, store: Any, source: str) -> list[np.ndarray]:
     return values
 
 
-def _prefix_count(optimizer: Any) -> int:
+def prefix_count(optimizer: Any) -> int:
     """How many variables an optimizer has before it is built.
 
     Keras creates the step counter, then (for a float rate) the rate variable,
@@ -126,8 +159,13 @@ def _prefix_count(optimizer: Any) -> int:
     return 1 + int(_keras_private.has_rate_variable(optimizer))
 
 
-def _mismatch(optimizer: Any, variables: list[Any], values: list[np.ndarray], source: str) -> str:
-    """Why ``values`` cannot be assigned to ``variables``; empty if they can."""
+def _mismatch(
+    optimizer: Any, variables: list[Any], values: list[np.ndarray], source: str, first: int = 0
+) -> str:
+    """Why ``values`` cannot be assigned to ``variables``; empty if they can.
+
+    ``first``: the file entry number of ``values[0]`` (for the message).
+    """
     if len(values) != len(variables):
         state = "built" if optimizer.built else "not built yet"
         return (
@@ -136,7 +174,7 @@ def _mismatch(optimizer: Any, variables: list[Any], values: list[np.ndarray], so
             f"{len(variables)}. Plain Keras would skip all optimizer state here "
             f"with only a warning; nothing was loaded into the optimizer."
         )
-    for index, (variable, value) in enumerate(zip(variables, values, strict=True)):
+    for index, (variable, value) in enumerate(zip(variables, values, strict=True), first):
         if tuple(variable.shape) != tuple(value.shape):
             return (
                 f"Cannot restore {_describe(optimizer)} from {source}: optimizer "
@@ -155,7 +193,7 @@ def _mismatch(optimizer: Any, variables: list[Any], values: list[np.ndarray], so
     return ""
 
 
-def _numpy(variables: list[Any]) -> list[np.ndarray]:
+def host_values(variables: list[Any]) -> list[np.ndarray]:
     with _keras_private.eager_scope():  # build() may run while fit traces
         return [np.array(host_array(v)) for v in variables]
 
@@ -166,93 +204,146 @@ def _assign(variables: list[Any], values: list[np.ndarray]) -> None:
             variable.assign(value)
 
 
-def _base_class(optimizer: Any) -> Any:
-    """The Keras class behind an introspectable one (no cache state to build)."""
-    return type(optimizer)._introspect_base
+def check_identity(optimizer: Any, manifest: _manifest.Manifest, source: str) -> None:
+    """Refuses a file another optimizer class or slot layout wrote, built or not."""
+    own_class = _manifest.optimizer_class(optimizer)
+    if manifest.optimizer_class != own_class:
+        raise ValueError(
+            f"Cannot restore {_describe(optimizer)} from {source}: the file was written "
+            f"by a {manifest.optimizer_class} optimizer, this one is a {own_class} (its "
+            f"slots would become this optimizer's slots). Nothing was loaded into the "
+            f"optimizer. {FIX}"
+        )
+    own_layout = _manifest.layout(optimizer)
+    if manifest.layout is not None and own_layout is not None and manifest.layout != own_layout:
+        raise ValueError(
+            f"Cannot restore {_describe(optimizer)} from {source}: the file was written "
+            f"by a {own_class} with arguments that give another slot layout (per "
+            f"variable it holds {_roles(manifest.layout)}, this optimizer "
+            f"{_roles(own_layout)}). Nothing was loaded into the optimizer. {FIX}"
+        )
 
 
-def layout_for(optimizer: Any, variables: list[Any]) -> list[tuple[int, ...]] | None:
-    """The shapes ``optimizer.build(variables)`` would give its variables, or None.
+def _roles(layout: tuple[tuple[Any, ...], ...]) -> str:
+    per_variable = sorted({str(entry[0]) for entry in layout if entry[1] is not None})
+    own = [str(entry[0]) for entry in layout if entry[1] is None]
+    return f"slots {per_variable or 'none'} and own variables {own}"
 
-    Found by building a copy of the plain Keras optimizer inside a
-    ``keras.StatelessScope``, where variables get shapes but no memory; None
-    where that cannot be done (a few optimizers create variables from values).
+
+def _same_variable(recorded: str, path: str) -> bool:
+    """Whether two variable paths name the same variable of a model.
+
+    A model built in this process prefixes its variables' paths with its own
+    name ("sequential/dense/kernel"); the same model from ``load_model`` does
+    not ("dense/kernel"): one path ends with the other, layer and name at least.
     """
-    try:
-        copy = _base_class(optimizer).from_config(optimizer.get_config())
-        with keras.StatelessScope():
-            copy.build(variables)
-        return [tuple(v.shape) for v in copy.variables]
-    except Exception:  # any failure: the layout stays unknown
-        return None
+    a, b = recorded.split("/"), path.split("/")
+    shorter = min(len(a), len(b))
+    return shorter >= 2 and a[-shorter:] == b[-shorter:]
 
 
-def build_for_model(
-    optimizer: Any, values: list[np.ndarray] | None = None, count: int | None = None
-) -> bool:
-    """Builds an unbuilt optimizer for the model that trains it, where that is safe.
-
-    Safe means: the model is found (``_keras_private.owning_model``) and a
-    build for its ``trainable_variables`` gives exactly the layout of the
-    state waiting for it (``values`` from a file, or ``count`` entries a
-    checkpoint holds). An optimizer that trains only part of its model (a
-    custom loop) gets another layout, and is left to build on the variables
-    it is given. Returns whether the optimizer is built.
-    """
-    if optimizer.built:
-        return True
-    model = _keras_private.owning_model(optimizer)
-    if model is None:
-        return False
-    layout = layout_for(optimizer, model.trainable_variables)
-    if layout is None:
-        return False
-    if values is not None and [tuple(v.shape) for v in values] != layout:
-        early = _was_saved_before_build(optimizer, values) and len(values) <= len(layout)
-        if not early:
-            return False
-    if count is not None and count != len(layout):
-        return False
-    with _keras_private.eager_scope(), _keras_private.strategy_scope(optimizer):
-        optimizer.build(model.trainable_variables)
-    return True
-
-
-def _waiting_count(optimizer: Any, state: AppliedRateState) -> int | None:
-    """How many variables the state waiting for build fills (None: nothing waits)."""
-    if state.pending is not None and state.pending.slots:
-        return _prefix_count(optimizer) + len(state.pending.slots)
-    waiting = _keras_private.checkpoint_slots_waiting(optimizer)
-    return len(optimizer._plain_variables()) + waiting if waiting else None
-
-
-def before_checkpoint(optimizer: Any, restoring: bool) -> None:
-    """Before tf.train.Checkpoint lists the optimizer's variables.
-
-    Restoring: a newer checkpoint supersedes a file load still queued.
-    Saving: state waiting for the build is built in where safe, else a
-    warning says the checkpoint will lack it.
-    """
-    state = optimizer._ensure_introspection_state()
-    if restoring:
-        if state.pending is not None:
-            state.pending = None  # the checkpoint being restored is newer
-        return
-    count = _waiting_count(optimizer, state)
-    if count is None or build_for_model(optimizer, count=count):
-        return
-    what = (
-        f"loaded from {state.pending.source}"
-        if state.pending is not None
-        else "restored by a tf.train.Checkpoint"
+def _owner_map(
+    optimizer: Any, recorded: tuple[_manifest.ModelVariable, ...], built_for: list[Any], source: str
+) -> dict[int, int]:
+    """Which of ``built_for`` each recorded model variable is: by path, else by position."""
+    described = [(str(v.path), tuple(int(d) for d in v.shape)) for v in built_for]
+    by_path: dict[int, int] = {}
+    for index, variable in enumerate(recorded):
+        found = [i for i, (path, _) in enumerate(described) if path == variable.path]
+        if not found:
+            found = [
+                i for i, (path, _) in enumerate(described) if _same_variable(variable.path, path)
+            ]
+        if len(found) == 1 and described[found[0]][1] == variable.shape:
+            by_path[index] = found[0]
+    if len(by_path) == len(recorded) and len(set(by_path.values())) == len(recorded):
+        return by_path
+    if [v.shape for v in recorded] == [shape for _, shape in described]:
+        return {i: i for i in range(len(recorded))}
+    missing = [v.path for i, v in enumerate(recorded) if i not in by_path]
+    raise ValueError(
+        f"Cannot restore {_describe(optimizer)} from {source}: the file holds optimizer "
+        f"state for {len(recorded)} model variables "
+        f"({', '.join(v.path for v in recorded[:4])}{', ...' if len(recorded) > 4 else ''}) "
+        f"that match neither by path (not found: {missing[:4]}) nor by position the "
+        f"{len(built_for)} variables this optimizer was built for. Nothing was loaded into "
+        f"the optimizer. {FIX}"
     )
-    warnings.warn(
-        f"{_describe(optimizer)} holds state for slots it has not built yet ({what}), "
-        "and no model whose variables match it is in sight: the tf.train.Checkpoint "
-        "being saved holds its step counter but not those slots. Build it first, with "
-        "`optimizer.build(variables)` for the variables it trains.",
-        stacklevel=5,
-    )
+
+
+def _plan(
+    optimizer: Any, manifest: _manifest.Manifest | None, values: list[np.ndarray], source: str
+) -> Plan:
+    """Where each of a file's values goes in a built optimizer; raises if anything does not fit.
+
+    With a manifest, slots go to the variables they belong to (newly trained
+    variables start fresh); without one, by position with every shape checked.
+    """
+    variables = optimizer._plain_variables()
+    if manifest is None:
+        _check(optimizer, values, source)
+        return Plan(variables[: len(values)], values, [])
+    check_identity(optimizer, manifest, source)
+    built_for = list(optimizer._trainable_variables)
+    own = _manifest.attribute(variables, built_for)
+    if manifest.built_for is None:
+        # Written before the writer was built: only its own variables.
+        _check(optimizer, values, source)
+        return Plan(variables[: len(values)], values, [])
+    owners = _owner_map(optimizer, manifest.built_for, built_for, source)
+    wanted: dict[tuple[Any, ...], int] = {}
+    globals_seen: dict[str, int] = {}
+    for index, slot in enumerate(own):
+        if slot.owner is None:
+            key: tuple[Any, ...] = (None, slot.role, globals_seen.get(slot.role, 0))
+            globals_seen[slot.role] = key[2] + 1
+        else:
+            key = (slot.owner, slot.role)
+        wanted[key] = index
+    targets: list[Any] = []
+    chosen: set[int] = set()
+    globals_seen = {}
+    for index, (slot, value) in enumerate(zip(manifest.variables, values, strict=True)):
+        if slot.owner is None:
+            key = (None, slot.role, globals_seen.get(slot.role, 0))
+            globals_seen[slot.role] = key[2] + 1
+        else:
+            key = (owners[slot.owner], slot.role)
+        target = wanted.get(key)
+        if target is None:
+            raise ValueError(
+                f"Cannot restore {_describe(optimizer)} from {source}: this optimizer has "
+                f"no variable for entry {index} ('{slot.name}', role '{slot.role}'). "
+                f"Nothing was loaded into the optimizer. {FIX}"
+            )
+        problem = _mismatch(optimizer, [variables[target]], [value], source, index)
+        if problem:
+            raise ValueError(f"{problem} {FIX}")
+        targets.append(variables[target])
+        chosen.add(target)
+    left = [i for i in range(len(variables)) if i not in chosen]
+    unowned = [variables[i].path for i in left if own[i].owner is None]
+    if unowned:
+        raise ValueError(
+            f"Cannot restore {_describe(optimizer)} from {source}: the file holds no value "
+            f"for its variables {unowned}. Nothing was loaded into the optimizer. {FIX}"
+        )
+    left_owners = {own[i].owner for i in left} - {None}
+    fresh = sorted(str(built_for[o].path) for o in left_owners if o is not None)
+    return Plan(targets, values, fresh)
+
+
+def _apply(optimizer: Any, plan: Plan, source: str) -> None:
+    """Assigns a plan; one warning names the model variables whose slots start fresh."""
+    _assign(plan.targets, plan.values)
+    if plan.fresh:
+        warnings.warn(
+            f"{source} holds no optimizer state for {len(plan.fresh)} variables "
+            f"{_describe(optimizer)} trains ({', '.join(plan.fresh)}): they were not "
+            "trainable when it was written (unfrozen since). Their slots start fresh; "
+            "everything else was restored.",
+            stacklevel=4,
+        )
 
 
 def check_wrapper_load(optimizer: Any, state: AppliedRateState, wrapper: Any, store: Any) -> None:
@@ -314,10 +405,8 @@ def check_wrapper_load(optimizer: Any, state: AppliedRateState, wrapper: Any, st
         if problem:
             raise ValueError(f"{problem} {FIX}")
         _check_loss_scale(wrapper, own, own_assigned, source)
-        if file.values and optimizer.built:
-            _check(optimizer, file.values, file.source)
-        elif file.values:
-            _check_prefix(optimizer, file)
+        if file.values:
+            check_file(optimizer, file)
     except ValueError as error:
         state.wrapper_check = (weakref.ref(store), str(error))
         raise
@@ -374,6 +463,20 @@ def _check_loss_scale(wrapper: Any, own: list[Any], values: list[np.ndarray], so
             )
 
 
+def check_file(optimizer: Any, file: FileState) -> Plan | None:
+    """Checks a file in full against the optimizer; the plan if it is built.
+
+    Unbuilt: the class and layout (manifest) and the variables it has now
+    (step counter, rate); the slots are checked at ``build``.
+    """
+    if optimizer.built:
+        return _plan(optimizer, file.manifest, file.values, file.source)
+    if file.manifest is not None:
+        check_identity(optimizer, file.manifest, file.source)
+    _check_prefix(optimizer, file)
+    return None
+
+
 def load(optimizer: Any, state: AppliedRateState, store: Any) -> None:
     """Replaces ``Optimizer.load_own_variables``: everything, or an error and no change."""
     refused, state.wrapper_check = state.wrapper_check, None
@@ -393,32 +496,41 @@ def load(optimizer: Any, state: AppliedRateState, store: Any) -> None:
             stacklevel=3,
         )
         return
-    if not optimizer.built:
-        # For its model, if the file fits what that build creates; else the
-        # slots wait for the build on the variables it trains (checked then).
-        build_for_model(optimizer, values=file.values)
-    if optimizer.built:
-        try:
-            _check(optimizer, file.values, file.source)
-        except ValueError as error:
-            raise ValueError(f"{error}{_loss_scaling_hint(store)}") from None
-        _assign(optimizer._plain_variables()[: len(file.values)], file.values)
+    try:
+        plan = check_file(optimizer, file)
+    except ValueError as error:
+        raise ValueError(f"{error}{_loss_scaling_hint(store)}") from None
+    if plan is not None:
+        _apply(optimizer, plan, file.source)
         state.assign_entries(optimizer, file.entries)
         return
-    # Not built and no model to build it for (an unpickled optimizer, say):
-    # restore the step counter (and rate) now, check and assign the rest at
-    # build().
-    prefix_count = _check_prefix(optimizer, file)
-    prefix = optimizer._plain_variables()[:prefix_count]
+    # Not built: nothing says which variables it will train. Restore the step
+    # counter (and rate) now; the slots wait for build(), which matches them.
+    enqueue(optimizer, state, file.source, file.values, file.entries, file.manifest)
+
+
+def enqueue(
+    optimizer: Any,
+    state: AppliedRateState,
+    source: str,
+    values: list[np.ndarray],
+    entries: Entries | None,
+    manifest: _manifest.Manifest | None,
+) -> None:
+    """Queues a checked file's slots for ``build``; assigns the step counter and rate now."""
+    count = prefix_count(optimizer)
+    prefix = optimizer._plain_variables()[:count]
     state.pending = Pending(
-        source=file.source,
-        slots=file.values[prefix_count:],
-        entries=file.entries,
-        previous=_numpy(prefix),
-        lenient=_keras_private.keras_load_skips_mismatches(),
+        source=source,
+        slots=values[count:],
+        entries=entries,
+        manifest=manifest,
+        previous=host_values(prefix),
+        prefix=[np.asarray(v) for v in values[:count]],
         earlier=state.pending,
     )
-    _assign(prefix, file.values[:prefix_count])
+    _assign(prefix, values[:count])
+    state.preview_entries(optimizer, entries)
 
 
 def _loss_scaling_hint(store: Any) -> str:
@@ -438,13 +550,13 @@ def _loss_scaling_hint(store: Any) -> str:
 
 def _check_prefix(optimizer: Any, file: FileState) -> int:
     """Raises unless the file fits the variables an unbuilt optimizer has; returns their count."""
-    prefix_count = _prefix_count(optimizer)
-    prefix = optimizer._plain_variables()[:prefix_count]
-    problem = _mismatch(optimizer, prefix, file.values[:prefix_count], file.source)
-    if problem or len(file.values) < prefix_count:
+    count = prefix_count(optimizer)
+    prefix = optimizer._plain_variables()[:count]
+    problem = _mismatch(optimizer, prefix, file.values[:count], file.source)
+    if problem or len(file.values) < count:
         problem = problem or _mismatch(optimizer, prefix, file.values, file.source)
         raise ValueError(f"{problem} {FIX}")
-    return prefix_count
+    return count
 
 
 def _check(optimizer: Any, values: list[np.ndarray], source: str, note: str = "") -> None:
@@ -464,76 +576,82 @@ def _check(optimizer: Any, values: list[np.ndarray], source: str, note: str = ""
 
 
 def _was_saved_before_build(optimizer: Any, values: list[np.ndarray]) -> bool:
-    if len(values) != _prefix_count(optimizer) or values[0].shape != ():
+    if len(values) != prefix_count(optimizer) or values[0].shape != ():
         return False
-    steps = _numpy([_keras_private.raw_step_counter(optimizer)])[0]
+    steps = host_values([_keras_private.raw_step_counter(optimizer)])[0]
     return int(values[0]) == 0 and int(steps) == 0
 
 
 def apply_pending(optimizer: Any, state: AppliedRateState) -> None:
     """Applies a queued file's state once the optimizer is built (from build()).
 
-    A queued load that does not fit never happened: the step counter goes back
-    to what it was before it, and the load it superseded, if any, applies.
+    A queued load that does not fit the variables the optimizer was built for
+    never happened: the step counter goes back to what it was before it, the
+    load it superseded, if any, applies, and the error is raised (``build``
+    cannot know whether the load asked for ``skip_mismatch``).
     """
     pending, state.pending = state.pending, None
     if pending is None:
         return
-    prefix = optimizer._plain_variables()[: _prefix_count(optimizer)]
-    values = _numpy(prefix) + pending.slots
+    prefix = optimizer._plain_variables()[: prefix_count(optimizer)]
+    current = host_values(prefix)
+    if any(a.tobytes() != b.tobytes() for a, b in zip(current, pending.prefix, strict=False)):
+        return  # a newer restore (a plain tf.train.Checkpoint) changed the step counter since
+    values = current + pending.slots
     try:
-        _check(
-            optimizer,
-            values,
-            pending.source,
-            " (The state was loaded before the optimizer was built, so it could only "
-            "be checked now; the optimizer is back to the state it had before that load.)",
-        )
+        plan = _plan(optimizer, pending.manifest, values, pending.source)
     except ValueError as error:
         _assign(prefix, pending.previous)
         state.pending = pending.earlier
         apply_pending(optimizer, state)
-        if not pending.lenient:
-            raise
-        warnings.warn(
-            f"{error} It was loaded with `skip_mismatch=True`, so it is skipped.",
-            stacklevel=3,
-        )
-        return
-    _assign(optimizer._plain_variables()[: len(values)], values)
+        raise ValueError(
+            f"{error} (The state was loaded before the optimizer was built, so it could "
+            "only be matched to the variables it trains now; the optimizer is back to the "
+            "state it had before that load.)"
+        ) from None
+    _apply(optimizer, plan, pending.source)
     state.assign_entries(optimizer, pending.entries)
 
 
-def save(optimizer: Any, state: AppliedRateState, store: Any) -> None:
-    """Replaces ``Optimizer.save_own_variables``, with nothing left behind.
+def state_to_save(
+    optimizer: Any, state: AppliedRateState
+) -> tuple[list[Any], _manifest.Manifest | None]:
+    """Everything a save writes for the optimizer: values (variables or arrays) and manifest.
 
-    An optimizer that a ``tf.train.Checkpoint`` restored before it was built
-    holds its slots' values only inside TensorFlow, until it is built: it is
-    built first (for the model it trains), or the save refuses to write an
-    incomplete file.
+    An unbuilt optimizer's queued slots come after its own variables, with the
+    manifest of the file they came from; queued slots from a file without one
+    are written without one (the reader matches them by position, as Keras does).
     """
-    waiting = _keras_private.checkpoint_slots_waiting(optimizer)
-    if not optimizer.built and waiting:
-        count = len(optimizer._plain_variables()) + waiting
-        if not build_for_model(optimizer, count=count):
-            raise ValueError(
-                f"Cannot save {_describe(optimizer)}: a tf.train.Checkpoint was "
-                "restored into it before it was built, and its slots are still "
-                "waiting inside TensorFlow for the variables they belong to. "
-                "Build it first, with `optimizer.build(variables)` for the variables "
-                "it trains (or one training step), then save."
-            )
-    values = _numpy(optimizer._plain_variables())
-    if state.pending is not None:
-        values += state.pending.slots
-    for index, value in enumerate(values):
+    variables = optimizer._plain_variables()
+    built_for = list(optimizer._trainable_variables) if optimizer.built else None
+    manifest: _manifest.Manifest | None = _manifest.describe(optimizer, variables, built_for)
+    pending = state.pending
+    if pending is None:
+        return variables, manifest
+    values: list[Any] = [*variables, *pending.slots]
+    if pending.manifest is None:
+        return values, None
+    assert manifest is not None
+    return values, pending.manifest.with_prefix(list(manifest.variables))
+
+
+def save(optimizer: Any, state: AppliedRateState, store: Any) -> None:
+    """Replaces ``Optimizer.save_own_variables``, with nothing left behind."""
+    values, _ = state_to_save(optimizer, state)
+    for index, value in enumerate(_numpy_values(values)):
         store[str(index)] = value
+
+
+def _numpy_values(values: list[Any]) -> list[np.ndarray]:
+    """Variables read on the host, queued arrays as they are."""
+    with _keras_private.eager_scope():
+        return [v if isinstance(v, np.ndarray) else np.array(host_array(v)) for v in values]
 
 
 def pending_rate(state: AppliedRateState, update_count: Any) -> np.ndarray | None:
     """The rate a queued file recorded, if it belongs to ``update_count``."""
     entries = None if state.pending is None else state.pending.entries
-    if not entries or int(entries["update_count"]) != int(update_count):
+    if not entries or int(entries["update_count"]) != int(host_array(update_count)):
         return None
     rate: np.ndarray = entries["applied_learning_rate"]
     return rate

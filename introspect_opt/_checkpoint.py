@@ -1,0 +1,136 @@
+"""tf.train.Checkpoint: the manifest, and queued slots, on the TensorFlow backend.
+
+A checkpoint tracks optimizer variables by position (``_variables/N``). Two
+things make our checkpoints complete and self-describing:
+
+* the state carries a child that saves the manifest (``_manifest``) as a
+  string tensor. Restored, it refuses another class or slot layout before
+  the optimizer's own variables are assigned (the optimizer lists the state
+  first among its children, so TensorFlow restores it first), and hands the
+  slots TensorFlow holds back for an unbuilt optimizer to the queue that
+  ``build`` matches by manifest (``_persistence.Pending``);
+* when slots wait in that queue, a save lists them under their positions
+  (``_variables/N``), as a built optimizer would: the checkpoint holds
+  everything, and a plain Keras optimizer restores it too.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from . import _keras_private, _manifest, _persistence
+
+_SOURCE = "the tf.train.Checkpoint being restored"
+
+
+class ManifestRecord(_keras_private.Trackable):
+    """The state's child that saves and restores the manifest as a string tensor."""
+
+    def __init__(self, state: Any) -> None:
+        self._state = weakref.ref(state)
+
+    def _serialize_to_tensors(self) -> dict[str, Any]:
+        state = self._state()
+        owner = None if state is None else state.owner()
+        manifest = None if owner is None else owner._manifest_to_save()
+        text = "" if manifest is None else json.dumps(manifest.to_json(), sort_keys=True)
+        with tf.device("/cpu:0"):
+            return {_keras_private.MANIFEST_ATTRIBUTE: tf.constant(text)}
+
+    def _restore_from_tensors(self, restored_tensors: dict[str, Any]) -> Any:
+        text = restored_tensors[_keras_private.MANIFEST_ATTRIBUTE].numpy()
+        state = self._state()
+        owner = None if state is None else state.owner()
+        if text and owner is not None:
+            manifest = _manifest.decode(np.frombuffer(text, np.uint8), _SOURCE)
+            restored(owner, state, manifest)
+        return tf.no_op()
+
+
+def restored(optimizer: Any, state: Any, manifest: _manifest.Manifest) -> None:
+    """A checkpoint with a manifest is being restored into ``optimizer`` (before its variables)."""
+    try:
+        _persistence.check_identity(optimizer, manifest, _SOURCE)
+    except ValueError:
+        # Nothing of this checkpoint may reach the optimizer at build either.
+        _keras_private.drop_waiting_checkpoint_slots(optimizer)
+        raise
+    state.pending = None  # this checkpoint is newer than any queued file load
+    if not optimizer.built:
+        adopt_waiting_slots(optimizer, state, manifest)
+
+
+def adopt_waiting_slots(optimizer: Any, state: Any, manifest: _manifest.Manifest | None) -> None:
+    """Moves the slots a checkpoint holds for an unbuilt optimizer into the queue.
+
+    TensorFlow keeps them inside until ``build`` creates variables at their
+    positions, where no save sees them; in the queue, every save writes them,
+    and ``build`` matches them to the variables it is given.
+    """
+    waiting = _keras_private.waiting_checkpoint_slots(optimizer)
+    if not waiting:
+        return
+    prefix_count = _persistence.prefix_count(optimizer)
+    positions = sorted(waiting)
+    if positions != list(range(prefix_count, prefix_count + len(positions))):
+        return  # not a plain optimizer's layout: left to TensorFlow, as in plain Keras
+    if manifest is not None and len(manifest.variables) != prefix_count + len(positions):
+        return
+    prefix = optimizer._plain_variables()[:prefix_count]
+    values = [*_persistence.host_values(prefix), *(waiting[p] for p in positions)]
+    # TensorFlow keeps them too and assigns them by position at build, as for
+    # plain Keras (so `assert_consumed()` and friends hold); the queue then
+    # matches them by manifest.
+    _persistence.enqueue(optimizer, state, _SOURCE, values, None, manifest)
+
+
+def children_to_save(optimizer: Any, state: Any, children: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer's checkpoint children: the state first, queued slots in ``_variables``."""
+    if not optimizer.built and state.pending is None:
+        adopt_waiting_slots(optimizer, state, None)
+    children = dict(children)
+    first = {}
+    if _persistence.STATE_ATTRIBUTE in children:
+        first[_persistence.STATE_ATTRIBUTE] = children.pop(_persistence.STATE_ATTRIBUTE)
+    pending = state.pending
+    listed = _keras_private.VARIABLES_CHILD
+    if pending is not None and pending.slots and listed in children:
+        variables = optimizer._plain_variables()
+        # One object per queue and variable list: TensorFlow lists children
+        # more than once per save and matches them by identity.
+        cached = state.__dict__.get("_queued_positions")
+        if cached is None or cached[0] is not pending or cached[1] != [id(v) for v in variables]:
+            queued = [_QueuedValue(v) for v in pending.slots]
+            cached = (pending, [id(v) for v in variables], _Positions([*variables, *queued]))
+            state.__dict__["_queued_positions"] = cached  # not a tracked attribute
+        children[listed] = cached[2]
+    return {**first, **children}
+
+
+class _Positions(_keras_private.Trackable):
+    """A list's checkpoint children by position ("0", "1", ...), as Keras's list has them."""
+
+    def __init__(self, items: list[Any]) -> None:
+        self._items = items
+
+    def _trackable_children(self, save_type: Any = None, **kwargs: Any) -> dict[str, Any]:
+        return {str(i): item for i, item in enumerate(self._items)}
+
+
+class _QueuedValue(_keras_private.Trackable):
+    """A queued slot, saved as the variable at its position would be."""
+
+    def __init__(self, value: np.ndarray) -> None:
+        self._value = value
+
+    def _serialize_to_tensors(self) -> dict[str, Any]:
+        with tf.device("/cpu:0"):
+            return {_keras_private.VARIABLE_ATTRIBUTE: tf.constant(self._value)}
+
+    def _restore_from_tensors(self, restored_tensors: dict[str, Any]) -> Any:
+        raise RuntimeError("a queued value is only saved")  # pragma: no cover

@@ -1,0 +1,266 @@
+"""The manifest: what a file or checkpoint of ours says it holds.
+
+Every file and checkpoint an introspectable optimizer writes carries one, in
+the state's group (entry ``manifest``, JSON as bytes) or as a checkpoint
+attribute of the state. It records identity instead of leaving the loader to
+infer it:
+
+* ``class``: the public Keras optimizer class that wrote it;
+* ``layout``: what a build of that optimizer, with its arguments, creates for
+  two scratch variables (a matrix and a vector): each created variable's role,
+  which scratch variable it belongs to, shape and dtype. Any argument that
+  changes the slot layout (``momentum``, ``amsgrad``, ``use_ema``,
+  ``gradient_accumulation_steps`` ...) changes it; it is derived from a real
+  build, not from a hand-kept list per class;
+* ``built_for``: the model variables the optimizer was built for (path, shape,
+  dtype), in its order; None when it was not built;
+* ``variables``: for each optimizer variable, in file order, its name, its
+  role, the index in ``built_for`` of the model variable it belongs to (None
+  for the optimizer's own: step counter, rate, scalars), shape and dtype.
+
+A load compares ``class`` and ``layout`` with the target before anything is
+assigned (built or not), and assigns slots to the variables they belong to:
+by path where every path is found, else by position where the two lists
+match, else not at all. Files without a manifest (plain Keras, introspect-opt
+0.2) are matched by position, as Keras does, with every shape checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from typing import Any
+
+import keras
+import numpy as np
+
+from . import _keras_private
+
+FORMAT = "introspect_opt.manifest/1"
+MANIFEST_KEY = "manifest"
+
+# The optimizer variable ``name`` Keras gives a slot made with
+# ``add_variable_from_reference``: the model variable's path with "/" as "_",
+# then "_" and the slot's role ("dense_kernel_momentum").
+_SEPARATOR = "_"
+
+
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    """One optimizer variable, as recorded."""
+
+    name: str
+    role: str
+    owner: int | None  # index into built_for; None: the optimizer's own
+    shape: tuple[int, ...]
+    dtype: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "role": self.role,
+            "owner": self.owner,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelVariable:
+    """A model variable an optimizer was built for, as recorded."""
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """Identity of a file's optimizer state (see the module docstring)."""
+
+    optimizer_class: str
+    layout: tuple[tuple[Any, ...], ...] | None  # None: could not be derived
+    built_for: tuple[ModelVariable, ...] | None
+    variables: tuple[Slot, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "class": self.optimizer_class,
+            "layout": None if self.layout is None else [list(e) for e in self.layout],
+            "built_for": None
+            if self.built_for is None
+            else [
+                {"path": v.path, "shape": list(v.shape), "dtype": v.dtype} for v in self.built_for
+            ],
+            "variables": [s.to_json() for s in self.variables],
+        }
+
+    def encode(self) -> np.ndarray:
+        """The manifest as an array of bytes (what HDF5 files store)."""
+        text = json.dumps(self.to_json(), sort_keys=True)
+        encoded: np.ndarray = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).copy()
+        return encoded
+
+    def with_prefix(self, prefix: list[Slot]) -> Manifest:
+        """The same manifest with its first ``len(prefix)`` variables replaced."""
+        return dataclasses.replace(self, variables=(*prefix, *self.variables[len(prefix) :]))
+
+
+def _dtype(variable: Any) -> str:
+    return str(keras.backend.standardize_dtype(variable.dtype))
+
+
+def _shape(variable: Any) -> tuple[int, ...]:
+    return tuple(int(d) for d in variable.shape)
+
+
+def attribute(variables: list[Any], built_for: list[Any]) -> list[Slot]:
+    """Records, for each optimizer variable, its role and the model variable it belongs to.
+
+    A slot Keras makes with ``add_variable_from_reference`` is named after its
+    model variable's path (the longest path that prefixes the name wins); a
+    variable named exactly like one single model variable (Adafactor's
+    factored slots) belongs to that one; anything else is the optimizer's own.
+    """
+    prefixes = sorted(
+        ((v.path.replace("/", "_") + _SEPARATOR, i) for i, v in enumerate(built_for)),
+        key=lambda item: -len(item[0]),
+    )
+    by_name: dict[str, list[int]] = {}
+    for index, variable in enumerate(built_for):
+        by_name.setdefault(str(variable.name), []).append(index)
+    slots = []
+    for variable in variables:
+        name = str(variable.name)
+        owner: int | None = None
+        role = name
+        for prefix, index in prefixes:
+            if name.startswith(prefix) and len(name) > len(prefix):
+                owner, role = index, name[len(prefix) :]
+                break
+        else:
+            if len(by_name.get(name, ())) == 1:
+                owner = by_name[name][0]
+        slots.append(Slot(name, role, owner, _shape(variable), _dtype(variable)))
+    return slots
+
+
+_LAYOUTS: dict[tuple[type, str], tuple[tuple[Any, ...], ...] | None] = {}
+_LAYOUTS_LOCK = threading.Lock()
+_PROBE_NAME = "introspect_opt_layout_probe"
+
+
+def layout(optimizer: Any) -> tuple[tuple[Any, ...], ...] | None:
+    """What a build of this optimizer's class and arguments creates, per scratch variable.
+
+    Built for real on two tiny scratch variables (eagerly, once per class and
+    configuration): the roles, owners, shapes and dtypes of what the build
+    adds. None where the optimizer cannot be rebuilt from its config (a
+    learning-rate callable that does not serialize).
+    """
+    base = type(optimizer)._introspect_base
+    try:
+        config = optimizer.get_config()
+        key = (base, json.dumps(config, sort_keys=True, default=repr))
+    except Exception:  # a config that does not serialize: no layout to compare
+        return None
+    with _LAYOUTS_LOCK:
+        if key in _LAYOUTS:
+            return _LAYOUTS[key]
+    result: tuple[tuple[Any, ...], ...] | None
+    try:
+        # An explicit name: Keras numbers only the names it chooses, so the
+        # probe does not shift the default names of the user's optimizers.
+        with _keras_private.eager_scope():
+            copy = base.from_config({**config, "name": _PROBE_NAME})
+            with keras.name_scope(_PROBE_NAME):
+                scratch = [
+                    keras.Variable(np.zeros((3, 4), "float32"), name="matrix", trainable=True),
+                    keras.Variable(np.zeros((4,), "float32"), name="vector", trainable=True),
+                ]
+            before = len(copy.variables)
+            copy.build(scratch)
+            created = list(copy.variables)[before:]
+        result = tuple(
+            (s.role, s.owner, list(s.shape), s.dtype) for s in attribute(created, scratch)
+        )
+    except Exception:  # any failure: the layout stays unknown (class still compared)
+        result = None
+    with _LAYOUTS_LOCK:
+        _LAYOUTS[key] = result
+    return result
+
+
+def optimizer_class(optimizer: Any) -> str:
+    """The public Keras class an introspectable optimizer extends, by name."""
+    return str(_keras_private.public_class(type(optimizer)._introspect_base).__name__)
+
+
+def describe(optimizer: Any, variables: list[Any], built_for: list[Any] | None) -> Manifest:
+    """The manifest of ``optimizer`` holding ``variables`` (its plain ones), as built."""
+    return Manifest(
+        optimizer_class=optimizer_class(optimizer),
+        layout=layout(optimizer),
+        built_for=None
+        if built_for is None
+        else tuple(ModelVariable(str(v.path), _shape(v), _dtype(v)) for v in built_for),
+        variables=tuple(attribute(variables, built_for or [])),
+    )
+
+
+def _problem(source: str, what: str) -> ValueError:
+    return ValueError(
+        f"Cannot read the manifest of the optimizer state in {source}: {what}. The "
+        "file is damaged or was not written by introspect_opt; nothing was loaded "
+        "into the optimizer. Load it with `skip_mismatch=True` to load the model "
+        "weights and keep the optimizer's current state."
+    )
+
+
+def decode(value: Any, source: str) -> Manifest:
+    """Parses and validates a stored manifest; raises a ``ValueError`` naming ``source``."""
+    array = np.asarray(value)
+    try:
+        raw = array.tobytes() if array.dtype == np.uint8 else bytes(array.item())
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, TypeError, UnicodeDecodeError) as error:
+        raise _problem(source, f"it is not JSON ({error})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise _problem(source, f"its format is {found!r}, expected {FORMAT!r}")
+    try:
+        built = data["built_for"]
+        manifest = Manifest(
+            optimizer_class=str(data["class"]),
+            layout=None
+            if data["layout"] is None
+            else tuple(
+                (str(r), None if o is None else int(o), [int(d) for d in s], str(t))
+                for r, o, s, t in data["layout"]
+            ),
+            built_for=None
+            if built is None
+            else tuple(
+                ModelVariable(str(v["path"]), tuple(int(d) for d in v["shape"]), str(v["dtype"]))
+                for v in built
+            ),
+            variables=tuple(
+                Slot(
+                    str(v["name"]),
+                    str(v["role"]),
+                    None if v["owner"] is None else int(v["owner"]),
+                    tuple(int(d) for d in v["shape"]),
+                    str(v["dtype"]),
+                )
+                for v in data["variables"]
+            ),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise _problem(source, f"an entry is missing or malformed ({error!r})") from None
+    count = 0 if manifest.built_for is None else len(manifest.built_for)
+    bad = [s.name for s in manifest.variables if s.owner is not None and not 0 <= s.owner < count]
+    if bad:
+        raise _problem(source, f"variables {bad} belong to model variables it does not list")
+    return manifest
