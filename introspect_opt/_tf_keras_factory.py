@@ -9,7 +9,6 @@ from . import _tf_keras_private as private
 from ._tf_keras_mechanism import (
     LegacyIntrospectionMixin,
     NewIntrospectionMixin,
-    _attach_state,
     _IntrospectionMixin,
 )
 
@@ -173,8 +172,9 @@ def introspect(optimizer: _O) -> _O:
 
     The instance becomes an instance of ``introspectable(type(optimizer))``
     (a subclass of its class, so ``isinstance`` checks still hold); its
-    cached-rate state is created now, in the scope of the strategy it was
-    created under. Nothing else about it changes and training continues
+    cached-rate state is created now (for a legacy optimizer that never
+    updated: with its step counter, at its first update), in the scope of the
+    strategy it was created under. Nothing else about it changes and training continues
     bit-identically. Until its next update, ``current_learning_rate`` is
     derived from its step counter: for a schedule, the rate the last update
     applied (up to rounding); for a float rate, the rate variable's current
@@ -230,9 +230,13 @@ def introspect(optimizer: _O) -> _O:
         return optimizer
     instance: Any = optimizer
     instance.__class__ = introspectable(type(instance))
-    _attach_state(instance, instance._introspect_rate_dtype())
     if isinstance(instance, private.NewOptimizer):
+        instance._introspect_state()
         private.forget_coalesced_children(instance)
+    # A legacy optimizer creates the state with its step counter: now if that
+    # exists, else at its first update, restore or read (in that graph).
+    elif private.legacy_has_counter(instance):
+        instance._introspect_create_counter_and_state()
     return optimizer
 
 

@@ -2,9 +2,13 @@
 
 One mixin per optimizer family, placed before the tf_keras class in the bases:
 
-* at construction: the cached-rate state (two scalar variables, see
-  ``_tf_keras_state``), in the scope of the strategy the optimizer is created
-  under, as a named checkpoint dependency outside ``optimizer.variables``;
+* the cached-rate state (two scalar variables, see ``_tf_keras_state``),
+  created where the plain optimizer creates its own variables, in the scope of
+  the strategy it was created under, as a named checkpoint dependency outside
+  ``optimizer.variables``: a new optimizer's at construction (as its step
+  counter), a legacy optimizer's at its first update, restore or read (as its
+  step counter, so TF1-style graph code can create the optimizer eagerly and
+  use it inside a ``tf.Graph``);
 * on every applied update: one write of the learning rate the update applied,
   taken from the very tensor the update read (see ``_tf_keras_private`` for
   the hook of each family), and of ``iterations`` after it;
@@ -32,7 +36,7 @@ else:
     _Base = object
 
 
-def _attach_state(optimizer: Any, rate_dtype: Any) -> None:
+def _attach_state(optimizer: Any, rate_dtype: Any) -> AppliedRateState:
     """Creates the state next to the optimizer's own variables, as a named dependency."""
     with private.strategy_scope(optimizer):
         state = AppliedRateState(rate_dtype)
@@ -40,6 +44,7 @@ def _attach_state(optimizer: Any, rate_dtype: Any) -> None:
     # one (a plain Trackable) is told explicitly.
     optimizer.__dict__[STATE_NAME] = state
     private.track(optimizer, state, STATE_NAME)
+    return state
 
 
 class _IntrospectionMixin(_Base):
@@ -48,7 +53,6 @@ class _IntrospectionMixin(_Base):
     # The public tf_keras class an introspectable class extends; set on each
     # introspectable class itself (not inherited by user subclasses of it).
     _introspect_base: type
-    _introspection_state: AppliedRateState
     # Checkpoint children whose restore restores ``iterations`` (per family).
     _introspect_step_children: frozenset[str] = frozenset()
     # How to create the slots, for errors about loading into an unbuilt optimizer.
@@ -67,6 +71,9 @@ class _IntrospectionMixin(_Base):
         variable: ``float(...)`` works in eager mode (also under a
         ``tf.distribute`` strategy), and inside a ``tf.function`` it is
         ordered after any ``apply_gradients`` earlier in the same function.
+        After ``iterations`` was set below the count of the last update (e.g.
+        ``optimizer.iterations.assign(0)``), it is derived from the counter
+        again, as before any update.
 
         Examples:
             >>> import tensorflow as tf, tf_keras
@@ -81,7 +88,22 @@ class _IntrospectionMixin(_Base):
             >>> round(float(opt._decayed_lr(tf.float32)), 6)  # update 4 will apply s(3)
             0.0125
         """
-        return self._introspection_state.read(self._derived_learning_rate)
+        state = self._introspect_state_for_read()
+        return state.read(self._derived_learning_rate, self.iterations)
+
+    def _introspect_state(self) -> AppliedRateState:
+        """The cached-rate state, created now (in the current graph) if it does not exist."""
+        state = self.__dict__.get(STATE_NAME)
+        if state is None:
+            state = _attach_state(self, self._introspect_rate_dtype())
+        return state
+
+    def _introspect_state_for_read(self) -> AppliedRateState:
+        """The state, and whatever the derivation reads, created before a read."""
+        return self._introspect_state()
+
+    def _introspect_rate_dtype(self) -> Any:
+        raise NotImplementedError
 
     def _derived_learning_rate(self) -> Any:
         """The rate the last update applied (or the first will), from the step counter."""
@@ -174,9 +196,10 @@ class NewIntrospectionMixin(_IntrospectionMixin):
                 "introspect_opt does not support. Use a tf.distribute strategy or the "
                 "plain tf_keras optimizer."
             )
-        # `learning_rate` is the variable every update reads: the schedule's
-        # `_current_learning_rate` or the float rate's variable.
-        _attach_state(self, self._introspect_rate_dtype())
+        # Created with the step counter, which tf_keras's new optimizer
+        # creates here too. `learning_rate` is the variable every update reads:
+        # the schedule's `_current_learning_rate` or the float rate's variable.
+        self._introspect_state()
 
     def _introspect_rate_dtype(self) -> Any:
         source = private.new_learning_rate_source(self)
@@ -189,7 +212,7 @@ class NewIntrospectionMixin(_IntrospectionMixin):
         # See _tf_keras_private.NEW_UPDATE_HOOK: runs once per applied update,
         # after every variable update (which read this very variable).
         iteration = super()._distributed_apply_gradients_fn(distribution, grads_and_vars, **kwargs)
-        self._introspection_state.record(tf.identity(self.learning_rate), self.iterations)
+        self._introspect_state().record(tf.identity(self.learning_rate), self.iterations)
         return iteration
 
     def _derived_learning_rate(self) -> Any:
@@ -281,17 +304,40 @@ class LegacyIntrospectionMixin(_IntrospectionMixin):
         "them; a tf.train.Checkpoint restores slots whenever they are created."
     )
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _attach_state(self, self._introspect_rate_dtype())
+    # No state at construction: OptimizerV2 creates its step counter,
+    # hyperparameters and slots lazily, in the graph of the first update
+    # (`_create_all_weights`), so that an optimizer created eagerly can be used
+    # inside a `tf.Graph` (TF1-style code with `tf.compat.v1.Session`). The
+    # state follows its step counter: created with it at the first update, or
+    # at a restore or read before that.
+
+    def _create_all_weights(self, var_list: Any) -> None:
+        # apply_gradients calls this on every update, under `tf.init_scope()`
+        # and the optimizer's name scope, before anything reads the variables.
+        super()._create_all_weights(var_list)
+        self._introspect_state()
+
+    def _introspect_create_counter_and_state(self) -> None:
+        """Creates the step counter, hyperparameters and state, if missing (not the slots)."""
+        private.legacy_create_counter_and_hypers(self)
+        if self.__dict__.get(STATE_NAME) is None:
+            with tf.name_scope(private.legacy_name(self)), tf.init_scope():
+                self._introspect_state()
+
+    def _introspect_state_for_read(self) -> AppliedRateState:
+        # Everything the read (and its derivation, inside a `tf.cond` in graph
+        # code) uses must exist before it: no variable can be created in a
+        # branch. Reading `optimizer.iterations` or `lr` creates them too.
+        self._introspect_create_counter_and_state()
+        return self._introspect_state()
 
     def _introspect_prepare_restore(self) -> bool:
-        # A restore before the first update: create the step counter and the
-        # hyperparameters now, so that they are restored at once (and saved by
-        # any save before the first update), not kept waiting inside TensorFlow.
-        # TensorFlow lists the children once per object, maybe before this
-        # created them: every lookup looks afresh.
-        private.legacy_create_counter_and_hypers(self)
+        # A restore before the first update: create the step counter, the
+        # hyperparameters and the state now, so that they are restored at once
+        # (and saved by any save before the first update), not kept waiting
+        # inside TensorFlow. TensorFlow lists the children once per object,
+        # maybe before this created them: every lookup looks afresh.
+        self._introspect_create_counter_and_state()
         return True
 
     def _introspect_rate_dtype(self) -> Any:
@@ -306,25 +352,34 @@ class LegacyIntrospectionMixin(_IntrospectionMixin):
         # rate tensors the variable updates read, computed before `iterations`
         # moved. (A subclass that keeps no `lr_t` there: the same computation,
         # done here before the update increments the counter.)
-        state = self._introspection_state
+        state = self._introspect_state()
         rate = _rate_in_apply_state(apply_state, state.rate_dtype)
         if rate is None:
             rate = tf.identity(private.legacy_decayed_lr(self, state.rate_dtype))
-        result = super()._distributed_apply(distribution, grads_and_vars, apply_state, name)
-        writes = state.record(rate, self.iterations)
         if tf.executing_eagerly():
+            result = super()._distributed_apply(distribution, grads_and_vars, apply_state, name)
+            state.record(rate, self.iterations)
             return result
-        return tf.group(result, *writes)
+        # Graph code: a TF1 graph orders nothing by itself (a tf.function
+        # would), so the order is explicit: the rate is read before the
+        # update moves `iterations`, the cache is written after it.
+        with tf.control_dependencies([rate]):
+            result = super()._distributed_apply(distribution, grads_and_vars, apply_state, name)
+        applied = tf.group(result)
+        with tf.control_dependencies([applied]):
+            writes = state.record(rate, self.iterations)
+        return tf.group(applied, *writes)
 
     def _derived_learning_rate(self) -> Any:
-        # Mirrors OptimizerV2._decayed_lr, at the counter of the last update.
-        dtype = self._introspection_state.rate_dtype
+        # Mirrors the `lr_t` the update reads (OptimizerV2._decayed_lr, except
+        # for legacy Nadam), at the counter of the last update.
+        dtype = self._introspect_state().rate_dtype
         step = tf.cast(self._derivation_step(), dtype)
         rate = private.legacy_rate_hyper(self, dtype)
         if isinstance(rate, private.LearningRateSchedule):
             rate = tf.cast(rate(step), dtype)
         decay = private.legacy_initial_decay(self)
-        if decay > 0.0:
+        if decay > 0.0 and not private.legacy_rate_ignores_decay(self):
             rate = rate / (1.0 + tf.cast(decay, dtype) * step)
         return rate
 

@@ -52,6 +52,48 @@ def _kind(dtype: np.dtype[Any]) -> str | None:
     return None
 
 
+def _lossless(array: np.ndarray, target: np.dtype[Any]) -> bool:
+    """Whether ``array`` converts to ``target`` (int <-> float) without changing any value.
+
+    Plain tf_keras assigns whatever ``variable.assign`` casts: 2.0 into the
+    int64 step counter (as a ``LossScaleOptimizer``'s ``set_weights`` passes
+    it on), but also 2.5 (truncated to 2), or an integer a float32 slot
+    cannot hold exactly. Only the conversions that lose nothing are accepted.
+    """
+    kinds = (_kind(array.dtype), _kind(target))
+    if kinds == ("float", "int"):
+        limits = np.iinfo(target)
+        # Both bounds are powers of two (or 0), exact in every float dtype.
+        low, high = float(limits.min), float(int(limits.max) + 1)
+        with np.errstate(invalid="ignore"):
+            return bool(
+                np.all(np.isfinite(array))
+                and np.all(array == np.trunc(array))
+                and np.all(array >= low)
+                and np.all(array < high)
+            )
+    if kinds == ("int", "float"):
+        # Every integer up to 2**(mantissa bits + 1) is exact; larger ones are
+        # checked one by one, in Python integers.
+        exact = 2 ** (np.finfo(target).nmant + 1)
+        large = array[(array > exact) | (array < -exact)]
+        for value in large.reshape(-1).tolist():
+            with np.errstate(over="ignore"):
+                converted = float(target.type(value))
+            if not np.isfinite(converted) or int(converted) != value:
+                return False
+        return True
+    return False
+
+
+def _first_lossy(array: np.ndarray, target: np.dtype[Any]) -> Any:
+    """The first value of ``array`` that ``_lossless`` refuses, for error messages."""
+    for value in array.reshape(-1):
+        if not _lossless(np.asarray(value), target):
+            return value.item()
+    return array.reshape(-1)[0].item()  # pragma: no cover - only called on refusals
+
+
 def _read(value: Any) -> np.ndarray:
     """A file entry, tensor, variable or array as a NumPy array (read once)."""
     try:
@@ -71,8 +113,13 @@ def _check_arrays(
         target = np.dtype(variable.dtype.as_numpy_dtype)
         if tuple(array.shape) != tuple(variable.shape):
             found = f"shape {array.shape}, expected {tuple(variable.shape)}"
-        elif _kind(array.dtype) is None or _kind(array.dtype) != _kind(target):
+        elif _kind(array.dtype) is None:
             found = f"dtype {array.dtype}, expected {target}"
+        elif _kind(array.dtype) != _kind(target) and not _lossless(array, target):
+            found = (
+                f"dtype {array.dtype}, expected {target}, and its values do not convert "
+                f"without loss (e.g. {_first_lossy(array, target)!r})"
+            )
         else:
             continue
         problems.append(f"entry {index} ({variable.name}) has {found}")
@@ -129,15 +176,47 @@ def set_weights(optimizer: Any, weights: Any) -> None:
         raise _count_error(optimizer, source, len(arrays), len(variables))
     ready = _check_arrays(optimizer, variables, arrays, source)
     _assign_all(variables, ready)
-    optimizer._introspection_state.forget()
+    optimizer._introspect_state().forget()
+
+
+def _state_group(parent: Any) -> Any:
+    """The ``_introspection_state/vars`` group inside an optimizer's group, or None."""
+    if STATE_NAME not in parent or "vars" not in parent[STATE_NAME]:
+        return None
+    return parent[STATE_NAME]["vars"]
+
+
+def _wrapped_state_group(parent: Any, store: Any) -> Any:
+    """The cache of the optimizer a ``LossScaleOptimizer`` wrapped, when ``store`` is its copy.
+
+    A mixed-precision model's file holds the wrapper's entries (a copy of the
+    wrapped optimizer's variables) where a float32 model's optimizer looks,
+    and the wrapped optimizer's own entries and cache one level down. The
+    cache belongs to the entries only if both copies are identical.
+    """
+    inner = parent.get(private.LOSS_SCALE_INNER_GROUP)
+    if inner is None or not hasattr(inner, "keys") or "vars" not in inner:
+        return None
+    group = _state_group(inner)
+    if group is None or sorted(inner["vars"].keys()) != sorted(store.keys()):
+        return None
+    for key in store:
+        ours, theirs = _read(store[key]), _read(inner["vars"][key])
+        if ours.dtype != theirs.dtype or not np.array_equal(ours, theirs):
+            return None
+    return group
 
 
 def _state_entries(store: Any, source: str) -> dict[str, np.ndarray] | None:
     """The cached rate saved next to an optimizer's entries, validated; None if absent."""
     parent = private.h5_parent(store)
-    if parent is None or STATE_NAME not in parent or "vars" not in parent[STATE_NAME]:
+    if parent is None:
         return None
-    group = parent[STATE_NAME]["vars"]
+    group = _state_group(parent)
+    if group is None:
+        group = _wrapped_state_group(parent, store)
+    if group is None:
+        return None
     keys = sorted(group.keys())
     entries = {key: _read(group[key]) for key in keys}
     valid = (
@@ -149,7 +228,7 @@ def _state_entries(store: Any, source: str) -> dict[str, np.ndarray] | None:
     if not valid:
         found = {k: f"{v.dtype}{list(v.shape)}" for k, v in entries.items()}
         raise RuntimeError(
-            f"Cannot restore the applied learning rate from {source}/../{STATE_NAME}: "
+            f"Cannot restore the applied learning rate from {source}, group '{group.name}': "
             f"expected a float scalar '{RATE_KEY}' and an integer scalar "
             f"'{COUNT_KEY}', found {found}. Nothing was loaded into the optimizer. "
             "The file is damaged or was not written by introspect_opt. " + _KEEP_STATE
@@ -163,14 +242,14 @@ def save_keras_entries(optimizer: Any, store: Any) -> None:
     if parent is None:
         return  # npz weights format: the rate is derived on load
     group = parent.require_group(STATE_NAME).require_group("vars")
-    for key, value in optimizer._introspection_state.values().items():
+    for key, value in optimizer._introspect_state().values().items():
         group[key] = value
 
 
 def load_keras_entries(optimizer: Any, store: Any) -> None:
     """``load_own_variables`` for ``.keras`` / ``.weights.h5``: check all, then assign."""
     source = private.describe_store(store)
-    state: AppliedRateState = optimizer._introspection_state
+    state: AppliedRateState = optimizer._introspect_state()
     variables = optimizer._introspect_plain_variables()
     keys = list(store.keys())
     cached = _state_entries(store, source)
@@ -182,9 +261,16 @@ def load_keras_entries(optimizer: Any, store: Any) -> None:
                 "Nothing was loaded into the optimizer. The file is damaged. " + _KEEP_STATE
             )
         warnings.warn(
-            f"{source} holds no optimizer state; {describe(optimizer)} keeps its current state.",
+            f"{source} holds no optimizer state of {describe(optimizer)}'s own; it keeps "
+            "its current variables (a LossScaleOptimizer around it loads a float32 "
+            "model's entries into them itself).",
             stacklevel=4,
         )
+        # A LossScaleOptimizer around this one loads a float32 model's file into
+        # its variables just before (and hands this one nothing): a step
+        # counter that moved away from the cached update makes the cache stale.
+        if int(_read(optimizer.iterations)) != int(state.values()[COUNT_KEY]):
+            state.forget()
         return
     if sorted(keys) != sorted(str(i) for i in range(len(keys))):
         raise RuntimeError(

@@ -38,6 +38,10 @@ LegacyOptimizer: Any = tf_keras.optimizers.legacy.Optimizer
 LearningRateSchedule: Any = tf_keras.optimizers.schedules.LearningRateSchedule
 Model: Any = tf_keras.Model
 Callback: Any = tf_keras.callbacks.Callback
+# The group under which a LossScaleOptimizerV3 (tf_keras's saving_lib walks its
+# `inner_optimizer` attribute) saves the optimizer it wraps in .keras /
+# .weights.h5 files, next to its own entries: a copy of that optimizer's.
+LOSS_SCALE_INNER_GROUP = "inner_optimizer"
 # One public name covers both wrappers: LossScaleOptimizer (around a legacy
 # optimizer) and LossScaleOptimizerV3 (around a new one) share this base.
 LossScaleOptimizer: Any = tf_keras.mixed_precision.LossScaleOptimizer
@@ -138,9 +142,30 @@ def legacy_initial_decay(optimizer: Any) -> float:
     return float(optimizer._initial_decay)
 
 
+# Legacy Nadam's `_prepare_local` sets `lr_t` to the learning-rate
+# hyperparameter itself, not `_decayed_lr`: its `decay` (the `schedule_decay`
+# argument, 0.004 by default) shapes the momentum schedule, not the rate.
+_LEGACY_NADAM_PREPARE = tf_keras.optimizers.legacy.Nadam._prepare_local
+
+
+def legacy_rate_ignores_decay(optimizer: Any) -> bool:
+    """Whether a legacy optimizer's updates read the rate without the ``decay`` division."""
+    return getattr(type(optimizer), "_prepare_local", None) is _LEGACY_NADAM_PREPARE
+
+
 def legacy_decayed_lr(optimizer: Any, dtype: Any) -> Any:
     """The legacy optimizer's own rate at the current ``iterations``."""
     return optimizer._decayed_lr(dtype)
+
+
+def legacy_name(optimizer: Any) -> str:
+    """A legacy optimizer's name, the name scope its variables are created under."""
+    return str(optimizer._name)
+
+
+def legacy_has_counter(optimizer: Any) -> bool:
+    """Whether a legacy optimizer created its step counter (``OptimizerV2._iterations``)."""
+    return optimizer._iterations is not None
 
 
 def legacy_create_counter_and_hypers(optimizer: Any) -> bool:
@@ -151,10 +176,10 @@ def legacy_create_counter_and_hypers(optimizer: Any) -> bool:
     values waiting inside TensorFlow, and a save in between drops them.
     Returns whether anything was created.
     """
-    missing = optimizer._iterations is None or not optimizer._hypers_created
+    missing = not legacy_has_counter(optimizer) or not optimizer._hypers_created
     if missing:
         # The name scope apply_gradients creates them under.
-        with tf.name_scope(optimizer._name), tf.init_scope():
+        with tf.name_scope(legacy_name(optimizer)), tf.init_scope():
             _ = optimizer.iterations
             optimizer._create_hypers()
     return bool(missing)

@@ -10,10 +10,15 @@ optimizer's is what makes files interchangeable in both directions.
 * ``applied_learning_rate``: the rate the last applied update used.
 * ``update_count``: ``iterations`` right after that update, or ``NO_UPDATE``
   (-1) while no update (and no file) recorded a rate; the rate is then derived.
+  It is derived as well while ``iterations`` is below the count (set back, e.g.
+  ``optimizer.iterations.assign(0)``, as Keras 3 does when the two differ).
+  A counter *above* the count is normal in tf_keras and keeps the cache: its
+  ``LossScaleOptimizer`` increments ``iterations`` on the steps it skips.
 
-Both are created with the optimizer, in the scope of the strategy it is created
-under, so that a ``tf.train.Checkpoint`` restores them at once, also into an
-optimizer that is not built yet.
+Both are created with the optimizer's step counter (a new optimizer's at
+construction, a legacy one's at its first update, restore or read), in the
+scope of the strategy it was created under, so that a ``tf.train.Checkpoint``
+restores them at once, also into an optimizer that is not built yet.
 """
 
 from __future__ import annotations
@@ -64,10 +69,17 @@ class AppliedRateState(tf.Module):
         with tf.init_scope():
             self.update_count.assign(NO_UPDATE)
 
-    def read(self, derive: Callable[[], Any]) -> Any:
-        """A snapshot of the cached rate, or ``derive()`` while no update recorded one."""
+    def read(self, derive: Callable[[], Any], iterations: Any) -> Any:
+        """A snapshot of the cached rate, or ``derive()`` while it does not describe an update.
+
+        Args:
+            derive: Computes the rate from the step counter.
+            iterations: The optimizer's step counter.
+        """
         rate, count = self.applied_learning_rate, self.update_count
-        recorded = tf.greater_equal(count, 0)
+        recorded = tf.logical_and(
+            tf.greater_equal(count, 0), tf.less_equal(count, tf.cast(iterations, tf.int64))
+        )
 
         def cached() -> Any:
             return tf.identity(rate)

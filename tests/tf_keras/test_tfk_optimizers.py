@@ -10,33 +10,21 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
-from tfk_helpers import SCHEDULE, array_bits, bits, make_data, make_model, plain_variables
+from tfk_helpers import (
+    FLOAT_ONLY,
+    SCHEDULE,
+    array_bits,
+    bits,
+    exported_optimizers,
+    make_data,
+    make_model,
+    plain_variables,
+    rate_for,
+)
 
 from introspect_opt import tf_keras as itk
 
-
-def exported_optimizers() -> dict[str, type]:
-    """Every concrete optimizer class the installed tf_keras exports, by our class name."""
-    found = {}
-    for module, prefix, base in (
-        (tf_keras.optimizers, "Introspectable", tf_keras.optimizers.Optimizer),
-        (tf_keras.optimizers.legacy, "IntrospectableLegacy", tf_keras.optimizers.legacy.Optimizer),
-    ):
-        for name, value in vars(module).items():
-            concrete = isinstance(value, type) and issubclass(value, base) and value is not base
-            if concrete and not issubclass(value, tf_keras.mixed_precision.LossScaleOptimizer):
-                found[prefix + name] = value
-    return found
-
-
 EXPORTED = exported_optimizers()
-# tf_keras's legacy Nadam refuses schedules ("The Nadam optimizer does not support
-# tf.keras.optimizers.LearningRateSchedules as the learning rate."): a float there.
-FLOAT_ONLY = {"IntrospectableLegacyNadam"}
-
-
-def rate_for(name: str, schedule: Any = SCHEDULE) -> Any:
-    return 0.05 if name in FLOAT_ONLY else schedule
 
 
 def test_a_ready_made_class_exists_for_every_exported_optimizer() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -13,12 +14,15 @@ import pytest
 import tensorflow as tf
 import tf_keras
 from tfk_helpers import (
+    FLOAT_ONLY,
     SCHEDULE,
     array_bits,
     bits,
+    exported_optimizers,
     make_data,
     make_model,
     plain_variables,
+    rate_for,
     update_count,
 )
 
@@ -537,3 +541,159 @@ def test_saving_slots_a_checkpoint_left_waiting_for_build_raises(
     loaded = tf_keras.models.load_model(tmp_path / "built.keras")
     expect_state(loaded, entry)
     assert cache(loaded.optimizer) == entry["cache"]
+
+
+# --- set_weights: what plain tf_keras converts without loss -----------------------
+
+EXPORTED = exported_optimizers()
+
+
+def _trained(cls: Any, rate: Any) -> tuple[Any, list[Any]]:
+    """An optimizer after one update of two variables, and those variables."""
+    variables = [tf.Variable([[1.0, 2.0], [3.0, 4.0]]), tf.Variable([0.5, -0.5])]
+    optimizer = cls(rate)
+    optimizer.apply_gradients(zip([tf.ones((2, 2)), tf.ones(2)], variables, strict=True))
+    return optimizer, variables
+
+
+@pytest.mark.parametrize("name", sorted(EXPORTED))
+def test_set_weights_accepts_lossless_conversions_like_the_plain_class(name: str) -> None:
+    """2.0 into the int64 counter and integers into float slots load as in plain tf_keras."""
+    ours, _ = _trained(getattr(itk, name), rate_for(name))
+    plain, _ = _trained(EXPORTED[name], rate_for(name))
+    slots = [np.full(tuple(v.shape), 3, dtype=np.int64) for v in plain_variables(ours)[1:]]
+    values = [np.array(7.0), *slots]  # every entry of the other kind than its variable
+    plain.set_weights(values)
+    ours.set_weights(values)
+    assert int(ours.iterations.numpy()) == 7
+    assert array_bits(plain_variables(ours)[1:]) == array_bits(plain_variables(plain)[1:])
+    # The rate is derived from the new counter: the update that ran at counter 6.
+    assert bits(ours.current_learning_rate) == bits(
+        rate_for(name) if name in FLOAT_ONLY else SCHEDULE(6)
+    )
+
+
+@pytest.mark.parametrize(
+    ("position", "value", "shown"),
+    [
+        (0, np.array(2.5), "2.5"),  # plain truncates it to 2
+        (0, np.array(np.inf), "inf"),
+        (0, np.array(2.0**63), "9.223372036854776e+18"),  # past int64
+        (1, np.full((2, 2), 2**24 + 1, dtype=np.int64), "16777217"),  # not a float32
+    ],
+    ids=["fraction", "inf", "overflow", "inexact-int"],
+)
+def test_set_weights_refuses_lossy_values_and_changes_nothing(
+    position: int, value: np.ndarray, shown: str
+) -> None:
+    """A value that would change in the conversion is refused, naming it; nothing is assigned."""
+    ours = itk.IntrospectableSGD(SCHEDULE, momentum=0.9)
+    variables = [tf.Variable([[1.0, 2.0], [3.0, 4.0]]), tf.Variable([0.5, -0.5])]
+    ours.apply_gradients(zip([tf.ones((2, 2)), tf.ones(2)], variables, strict=True))
+    before = [tf.identity(v).numpy() for v in plain_variables(ours)]
+    values = [np.array(5), *[np.zeros(tuple(v.shape), "float32") for v in before[1:]]]
+    values[position] = value
+    with pytest.raises(
+        RuntimeError, match=rf"entry {position} .*without loss \(e\.g\. {re.escape(shown)}\)"
+    ):
+        ours.set_weights(values)
+    assert array_bits(plain_variables(ours)) == array_bits(before)
+    assert update_count(ours) == 1
+
+
+@pytest.mark.parametrize("name", sorted(n for n in EXPORTED if "Legacy" in n))
+def test_a_loss_scale_optimizer_passes_a_float_counter_to_ours_like_to_plain(name: str) -> None:
+    """tf_keras's legacy LossScaleOptimizer.set_weights([2.0, ...]) works around ours too."""
+    results = []
+    for cls in (getattr(itk, name), EXPORTED[name]):
+        inner, _ = _trained(cls, rate_for(name))
+        wrapper = tf_keras.mixed_precision.LossScaleOptimizer(inner)
+        slots = [tf.identity(v).numpy() for v in inner.weights[1:]]
+        wrapper.set_weights([np.array(2.0), *slots])
+        assert int(inner.iterations.numpy()) == 2
+        results.append(slots)
+        if cls is not EXPORTED[name]:
+            with pytest.raises(RuntimeError, match=r"without loss \(e\.g\. 2\.5\)"):
+                wrapper.set_weights([np.array(2.5), *slots])
+            assert int(inner.iterations.numpy()) == 2
+    assert array_bits(results[0]) == array_bits(results[1])
+
+
+# --- restores before build, and mixed-precision files ----------------------------
+
+
+@pytest.mark.parametrize("name", sorted(EXPORTED))
+def test_a_checkpoint_restores_a_reduced_rate_before_build(name: str, tmp_path: Path) -> None:
+    """A float rate ReduceLROnPlateau set reads restored in an unbuilt optimizer, as plain."""
+    for cls in (getattr(itk, name), EXPORTED[name]):
+        optimizer, variables = _trained(cls, 0.1)
+        optimizer.learning_rate = 0.01  # what ReduceLROnPlateau and LearningRateScheduler do
+        optimizer.apply_gradients(zip([tf.ones((2, 2)), tf.ones(2)], variables, strict=True))
+        optimizer.learning_rate = 0.001
+        path = tf.train.Checkpoint(optimizer=optimizer).write(str(tmp_path / cls.__name__))
+        fresh = cls(0.1)
+        tf.train.Checkpoint(optimizer=fresh).read(path).expect_partial()
+        assert bits(fresh.learning_rate) == bits(0.001)  # before any build or update
+        if cls is getattr(itk, name):
+            assert bits(fresh.current_learning_rate) == bits(0.01)  # what the last update used
+
+
+def _mixed_precision_file(tmp_path: Path, suffix: str) -> tuple[Path, Any]:
+    """A file written by a mixed_float16 model after one epoch, and its inner optimizer."""
+    tf_keras.mixed_precision.set_global_policy("mixed_float16")
+    model = compiled(itk.IntrospectableSGD)
+    x, y = make_data()
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    path = tmp_path / f"mixed{suffix}"
+    if suffix == ".keras":
+        model.save(path)
+    else:
+        model.save_weights(path)
+    tf_keras.mixed_precision.set_global_policy("float32")
+    return path, model.optimizer.inner_optimizer
+
+
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_a_mixed_precision_file_loads_into_a_float32_model(suffix: str, tmp_path: Path) -> None:
+    """Unbuilt: refused at once with the build hint, nothing changed; built: all state, exact."""
+    path, written = _mixed_precision_file(tmp_path, suffix)
+    model = compiled(itk.IntrospectableSGD, seed=5)
+    before = cache(model.optimizer)
+    with pytest.raises(RuntimeError, match=r"not built.*model\.optimizer\.build"):
+        model.load_weights(path)
+    assert cache(model.optimizer) == before and int(model.optimizer.iterations.numpy()) == 0
+    build(model)
+    model.load_weights(path)
+    assert array_bits(plain_variables(model.optimizer)) == array_bits(plain_variables(written))
+    # The cache comes from the wrapped optimizer's group: exact, not derived.
+    assert cache(model.optimizer) == cache(written) == (bits(SCHEDULE(UPDATES - 1)), UPDATES)
+
+
+def test_a_mixed_precision_files_cache_is_ignored_when_its_copies_differ(tmp_path: Path) -> None:
+    """The wrapped optimizer's cache is used only when its entries equal the wrapper's copy."""
+    path, _ = _mixed_precision_file(tmp_path, ".weights.h5")
+    with h5py.File(path, "r+") as f:
+        entry = f["optimizer/inner_optimizer/vars/1"]
+        entry[...] = entry[...] + 1.0  # the wrapper's copy (optimizer/vars) stays
+    model = compiled(itk.IntrospectableSGD, seed=5)
+    build(model)
+    model.load_weights(path)
+    assert int(model.optimizer.iterations.numpy()) == UPDATES
+    assert update_count(model.optimizer) == -1  # derived from the restored counter
+    assert bits(model.optimizer.current_learning_rate) == bits(SCHEDULE(UPDATES - 1))
+
+
+def test_a_float32_file_into_a_trained_mixed_precision_model_derives_the_rate(
+    saved: Any,
+) -> None:
+    """The wrapper loads the counter into ours and hands ours nothing: no stale cache stays."""
+    tf_keras.mixed_precision.set_global_policy("mixed_float16")
+    model = compiled(itk.IntrospectableSGD, seed=5)
+    x, y = make_data(n=16)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # 2 updates: cached s(1)
+    inner = model.optimizer.inner_optimizer
+    assert update_count(inner) == 2
+    with pytest.warns(UserWarning, match="holds no optimizer state"):
+        model.load_weights(saved[("new", "ours")]["paths"]["weights_h5"])
+    assert int(inner.iterations.numpy()) == UPDATES
+    assert bits(inner.current_learning_rate) == bits(SCHEDULE(UPDATES - 1))

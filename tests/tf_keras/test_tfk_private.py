@@ -52,6 +52,27 @@ def test_legacy_apply_state_holds_the_rate_and_decayed_lr_is_what_we_mirror() ->
     assert "lr_t / (1.0 + decay_t * local_step)" in source and "lr_t(local_step)" in source
 
 
+def test_legacy_nadam_reads_its_rate_without_the_decay_division() -> None:
+    """Legacy Nadam's `lr_t` is its rate hyperparameter; other legacy classes' is `_decayed_lr`."""
+    optimizer = tf_keras.optimizers.legacy.Nadam(0.05)  # decay (schedule_decay) 0.004
+    w = tf.Variable([1.0])
+    for _ in range(3):
+        optimizer.apply_gradients([(tf.ones(1), w)])
+    (coefficients,) = optimizer._prepare([w]).values()
+    assert private.legacy_initial_decay(optimizer) > 0.0
+    assert bits(coefficients[private.LEGACY_RATE_KEY]) == bits(0.05)
+    assert bits(private.legacy_decayed_lr(optimizer, tf.float32)) != bits(0.05)
+    assert private.legacy_rate_ignores_decay(optimizer)
+    for name in ("SGD", "Adam", "Adadelta", "Adagrad", "Adamax", "Ftrl", "RMSprop"):
+        other = getattr(tf_keras.optimizers.legacy, name)(0.05, decay=0.5)
+        other.apply_gradients([(tf.ones(1), tf.Variable([1.0]))])
+        (coefficients,) = other._prepare([tf.Variable([1.0])]).values()
+        assert bits(coefficients[private.LEGACY_RATE_KEY]) == bits(
+            private.legacy_decayed_lr(other, tf.float32)
+        ), name
+        assert not private.legacy_rate_ignores_decay(other)
+
+
 def test_new_optimizer_rate_source_and_children_cache() -> None:
     """`_learning_rate` is the schedule or the rate variable; children are cached by name."""
     assert private.new_learning_rate_source(tf_keras.optimizers.SGD(SCHEDULE)) is SCHEDULE

@@ -67,3 +67,33 @@ def test_importing_the_package_does_not_import_tf_keras() -> None:
         timeout=120,
     )
     assert env_free.returncode == 0, env_free.stderr[-2000:]
+
+
+def test_no_tf_keras_module_inspects_call_frames() -> None:
+    """No code of the tf_keras modules reads call stacks or other functions' locals."""
+    import ast
+    import pathlib
+
+    import introspect_opt
+
+    frame_attributes = {"f_locals", "f_back", "f_globals", "f_code", "tb_frame"}
+    module_functions = {
+        "sys": {"_getframe", "exc_info", "settrace", "setprofile"},
+        "inspect": {"currentframe", "stack", "trace", "getouterframes", "getinnerframes"},
+    }
+    package = pathlib.Path(introspect_opt.__file__).parent
+    files = [*sorted(package.glob("_tf_keras_*.py")), package / "tf_keras.py"]
+    assert len(files) >= 9
+    found = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute):
+                owner = node.value.id if isinstance(node.value, ast.Name) else None
+                if node.attr in frame_attributes or node.attr in module_functions.get(
+                    owner or "", set()
+                ):
+                    found.append(f"{path.name}:{node.lineno} {node.attr}")
+            elif isinstance(node, ast.ImportFrom) and node.module in module_functions:
+                names = {alias.name for alias in node.names} & module_functions[node.module]
+                found += [f"{path.name}:{node.lineno} {name}" for name in sorted(names)]
+    assert found == []

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
-from tfk_helpers import SCHEDULE, bits, mirrored_strategy, update_count
+from tfk_helpers import (
+    FLOAT_ONLY,
+    SCHEDULE,
+    bits,
+    exported_optimizers,
+    mirrored_strategy,
+    rate_for,
+    update_count,
+)
 
 from introspect_opt import tf_keras as itk
 
@@ -152,3 +160,41 @@ def test_mirrored_strategy_replica_and_cross_replica_reads(family: str, devices:
         assert bits(cross) == bits(s(n - 1))
         assert bits(optimizer.current_learning_rate) == bits(s(n - 1))
         assert int(optimizer.iterations.numpy()) == n  # one update per step, not one per replica
+
+
+# --- the step counter set by hand ------------------------------------------------
+
+EXPORTED = exported_optimizers()
+
+
+@pytest.mark.parametrize("name", sorted(EXPORTED))
+def test_a_counter_set_back_derives_the_rate_as_in_keras_3(name: str) -> None:
+    """`iterations.assign(0)` reads as "before any update"; the next update is cached again."""
+    optimizer = getattr(itk, name)(rate_for(name))
+    expected = [bits(rate_for(name) if name in FLOAT_ONLY else s(n)) for n in range(4)]
+    w = tf.Variable([1.0, 2.0])
+    read_in_graph = tf.function(lambda: optimizer.current_learning_rate)
+    apply(optimizer, w, 3)
+    assert bits(optimizer.current_learning_rate) == expected[2]
+    optimizer.iterations.assign(1)  # below the last update's count (3): derived
+    assert bits(optimizer.current_learning_rate) == expected[0]
+    optimizer.iterations.assign(0)
+    assert bits(optimizer.current_learning_rate) == expected[0]
+    assert bits(read_in_graph()) == expected[0]
+    apply(optimizer, w)  # runs at counter 0 again
+    assert bits(optimizer.current_learning_rate) == expected[0]
+    assert update_count(optimizer) == 1
+    apply(optimizer, w)
+    assert bits(optimizer.current_learning_rate) == bits(read_in_graph()) == expected[1]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_counter_set_ahead_keeps_the_rate_the_last_update_applied(family: str) -> None:
+    """tf_keras moves `iterations` without an update (skipped steps): the cache stays."""
+    optimizer = FAMILIES[family](SCHEDULE)
+    w = tf.Variable([1.0])
+    apply(optimizer, w, 2)
+    optimizer.iterations.assign(10)
+    assert bits(optimizer.current_learning_rate) == bits(s(1))
+    apply(optimizer, w)
+    assert bits(optimizer.current_learning_rate) == bits(s(10))

@@ -15,6 +15,30 @@ from introspect_opt import tf_keras as itk
 SCHEDULE = tf_keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=1, decay_rate=0.9)
 
 
+def exported_optimizers() -> dict[str, type]:
+    """Every concrete optimizer class the installed tf_keras exports, by our class name."""
+    found = {}
+    for module, prefix, base in (
+        (tf_keras.optimizers, "Introspectable", tf_keras.optimizers.Optimizer),
+        (tf_keras.optimizers.legacy, "IntrospectableLegacy", tf_keras.optimizers.legacy.Optimizer),
+    ):
+        for name, value in vars(module).items():
+            concrete = isinstance(value, type) and issubclass(value, base) and value is not base
+            if concrete and not issubclass(value, tf_keras.mixed_precision.LossScaleOptimizer):
+                found[prefix + name] = value
+    return found
+
+
+# tf_keras's legacy Nadam refuses schedules ("The Nadam optimizer does not support
+# tf.keras.optimizers.LearningRateSchedules as the learning rate."): a float there.
+FLOAT_ONLY = {"IntrospectableLegacyNadam"}
+
+
+def rate_for(name: str, schedule: Any = SCHEDULE) -> Any:
+    """The learning rate to construct ``name`` with: ``schedule``, where the class takes one."""
+    return 0.05 if name in FLOAT_ONLY else schedule
+
+
 def make_model(seed: int = 0, inputs: int = 4, hidden: int = 8) -> Any:
     """A deterministic two-layer MLP."""
     tf_keras.utils.set_random_seed(seed)
