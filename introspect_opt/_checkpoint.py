@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import _keras_private, _manifest, _persistence
+from ._state import check_entries
 
 _SOURCE = "the tf.train.Checkpoint being restored"
 
@@ -41,6 +42,10 @@ class ManifestRecord(_keras_private.Trackable):
         text = "" if manifest is None else json.dumps(manifest.to_json(), sort_keys=True)
         with tf.device("/cpu:0"):
             return {_keras_private.MANIFEST_ATTRIBUTE: tf.constant(text)}
+
+    def children_to_save(self, state: Any, children: dict[str, Any]) -> dict[str, Any]:
+        """The state's children for a save (see ``state_children_to_save``)."""
+        return state_children_to_save(state, children)
 
     def _restore_from_tensors(self, restored_tensors: dict[str, Any]) -> Any:
         text = restored_tensors[_keras_private.MANIFEST_ATTRIBUTE].numpy()
@@ -65,6 +70,22 @@ def restored(optimizer: Any, state: Any, manifest: _manifest.Manifest) -> None:
         adopt_waiting_slots(optimizer, state, manifest)
 
 
+def _adopt_state_entries(state: Any) -> Any:
+    """The state's entries a checkpoint holds for an unbuilt optimizer, taken over (or None)."""
+    values = _keras_private.waiting_checkpoint_values(state)
+    if not values:
+        return None
+    entries = check_entries(_Group(values), _SOURCE)
+    holders = {name: _QueuedValue(value) for name, value in values.items()}
+    _keras_private.drop_waiting_checkpoint_values(state, holders)
+    state.__dict__["_adopted_entry_holders"] = holders
+    return entries
+
+
+class _Group(dict):  # type: ignore[type-arg]
+    """Checkpoint values by name, read like a file's group (``check_entries``)."""
+
+
 def adopt_waiting_slots(optimizer: Any, state: Any, manifest: _manifest.Manifest | None) -> None:
     """Moves the slots a checkpoint holds for an unbuilt optimizer into the queue.
 
@@ -73,20 +94,46 @@ def adopt_waiting_slots(optimizer: Any, state: Any, manifest: _manifest.Manifest
     and ``build`` matches them to the variables it is given.
     """
     waiting = _keras_private.waiting_checkpoint_slots(optimizer)
-    if not waiting:
-        return
     prefix_count = _persistence.prefix_count(optimizer)
     positions = sorted(waiting)
     if positions != list(range(prefix_count, prefix_count + len(positions))):
         return  # not a plain optimizer's layout: left to TensorFlow, as in plain Keras
     if manifest is not None and len(manifest.variables) != prefix_count + len(positions):
         return
+    entries = None if state.has_variables else _adopt_state_entries(state)
+    if not waiting and entries is None:
+        return
     prefix = optimizer._plain_variables()[:prefix_count]
     values = [*_persistence.host_values(prefix), *(waiting[p] for p in positions)]
-    # TensorFlow keeps them too and assigns them by position at build, as for
-    # plain Keras (so `assert_consumed()` and friends hold); the queue then
-    # matches them by manifest.
-    _persistence.enqueue(optimizer, state, _SOURCE, values, None, manifest)
+    # Read now and held here: TensorFlow would read them from the checkpoint
+    # file at build, which a save to the same path or a CheckpointManager's
+    # rotation may have replaced or deleted by then.
+    holders = {p: _QueuedValue(waiting[p]) for p in positions}
+    _keras_private.drop_waiting_checkpoint_slots(optimizer, holders)
+    _persistence.enqueue(optimizer, state, _SOURCE, values, entries, manifest)
+    state.__dict__["_queued_values"] = (state.pending, [holders[p] for p in positions])
+    entry_holders = state.__dict__.pop("_adopted_entry_holders", None)
+    if entry_holders is not None:
+        state.__dict__["_adopted_entries"] = (state.pending, entry_holders)
+
+
+def applied(optimizer: Any, state: Any, pending: Any, plan: _persistence.Plan) -> None:
+    """A queue taken over from a checkpoint was applied at build: bind its entries there.
+
+    The restore's status (``assert_consumed()`` ...) then counts the
+    variables that received the values as restored, as after a plain build.
+    """
+    adopted = state.__dict__.pop("_queued_values", None)
+    if adopted is not None and adopted[0] is pending:
+        count = _persistence.prefix_count(optimizer)
+        for holder, variable in zip(adopted[1], plan.targets[count:], strict=False):
+            _keras_private.rebind_checkpoint_value(holder, variable)
+    entries = state.__dict__.pop("_adopted_entries", None)
+    if entries is not None and entries[0] is pending:
+        for name, holder in entries[1].items():
+            variable = getattr(state, name, None)
+            if variable is not None:
+                _keras_private.rebind_checkpoint_value(holder, variable)
 
 
 def children_to_save(optimizer: Any, state: Any, children: dict[str, Any]) -> dict[str, Any]:
@@ -105,11 +152,27 @@ def children_to_save(optimizer: Any, state: Any, children: dict[str, Any]) -> di
         # more than once per save and matches them by identity.
         cached = state.__dict__.get("_queued_positions")
         if cached is None or cached[0] is not pending or cached[1] != [id(v) for v in variables]:
-            queued = [_QueuedValue(v) for v in pending.slots]
+            adopted = state.__dict__.get("_queued_values")
+            if adopted is not None and adopted[0] is pending:
+                queued = adopted[1]  # bound to the checkpoint they came from
+            else:
+                queued = [_QueuedValue(v) for v in pending.slots]
             cached = (pending, [id(v) for v in variables], _Positions([*variables, *queued]))
             state.__dict__["_queued_positions"] = cached  # not a tracked attribute
         children[listed] = cached[2]
     return {**first, **children}
+
+
+def state_children_to_save(state: Any, children: dict[str, Any]) -> dict[str, Any]:
+    """The state's checkpoint children: queued entries where its variables do not exist yet."""
+    pending = state.pending
+    if state.has_variables or pending is None or not pending.entries:
+        return children
+    cached = state.__dict__.get("_queued_entries")
+    if cached is None or cached[0] is not pending:
+        cached = (pending, {k: _QueuedValue(v) for k, v in pending.entries.items()})
+        state.__dict__["_queued_entries"] = cached
+    return {**children, **cached[1]}
 
 
 class _Positions(_keras_private.Trackable):
@@ -126,6 +189,7 @@ class _QueuedValue(_keras_private.Trackable):
     """A queued slot, saved as the variable at its position would be."""
 
     def __init__(self, value: np.ndarray) -> None:
+        self._maybe_initialize_trackable()
         self._value = value
 
     def _serialize_to_tensors(self) -> dict[str, Any]:
@@ -133,4 +197,6 @@ class _QueuedValue(_keras_private.Trackable):
             return {_keras_private.VARIABLE_ATTRIBUTE: tf.constant(self._value)}
 
     def _restore_from_tensors(self, restored_tensors: dict[str, Any]) -> Any:
-        raise RuntimeError("a queued value is only saved")  # pragma: no cover
+        # Only reached by restoring into the object listed for a save.
+        self._value = np.asarray(restored_tensors[_keras_private.VARIABLE_ATTRIBUTE].numpy())
+        return tf.no_op()

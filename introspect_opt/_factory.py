@@ -145,6 +145,11 @@ def introspect(optimizer: Any) -> IntrospectableOptimizer:
     traced earlier keeps the old update code until it is retraced (e.g. by
     ``model.compile`` again); until then the value is derived, not cached.
 
+    A ``LossScaleOptimizer`` that wraps it already checks mixed-precision
+    files with it from then on, as one made around an introspectable
+    optimizer does. Finding such a wrapper scans the objects in memory once:
+    about 0.1 to 0.3 seconds in a process that has TensorFlow or torch loaded.
+
     Args:
         optimizer: A Keras 3 optimizer instance (not a ``LossScaleOptimizer``:
             pass its ``inner_optimizer``).
@@ -184,6 +189,8 @@ def introspect(optimizer: Any) -> IntrospectableOptimizer:
         return optimizer
     instance: Any = optimizer
     instance.__class__ = introspectable(type(instance))
+    # A LossScaleOptimizer may wrap it already: it checks files before it loads from now on.
+    _keras_private.hook_wrapper_loads(instance)
     if instance.built:
         with _keras_private.eager_scope(), _keras_private.strategy_scope(instance):
             state = instance._ensure_introspection_state()

@@ -11,12 +11,15 @@ of them.
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
-import sys
+import itertools
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 import keras
+import numpy as np
 from keras.src.optimizers.schedules import learning_rate_schedule
 
 # ``_walk_saveable`` in keras/src/saving/saving_lib.py saves and loads every
@@ -94,24 +97,21 @@ def has_rate_variable(optimizer: Any) -> bool:
     return isinstance(optimizer._learning_rate, keras.Variable)
 
 
-def _local_of(function: Any, name: str) -> Any:
-    """Local ``name`` of the innermost running call of ``function``, or None."""
-    code = function.__code__
-    frame: Any = sys._getframe(2)
-    while frame is not None:
-        if frame.f_code is code:
-            return frame.f_locals.get(name)
-        frame = frame.f_back
-    return None
-
-
 # A ``LossScaleOptimizer`` saves and loads the variables of the optimizer it
 # wraps in its own group too, by position (``BaseOptimizer.load_own_variables``,
-# which it inherits), *before* Keras loads the wrapped optimizer's own group.
-# That inherited method reads ``self.variables`` (the wrapper's, then the
-# wrapped optimizer's) before it assigns anything, so the wrapped optimizer
-# sees the load coming and can check the whole file first (_persistence).
-_WRAPPER_LOAD_CODE = keras.optimizers.LossScaleOptimizer.load_own_variables.__code__
+# which it inherits), *before* Keras loads the wrapped optimizer's own group,
+# and tells the wrapped optimizer neither that it loads nor who wraps it.
+# Two facts let the wrapped optimizer check the whole file first (checked
+# against Keras 3.15.1; tests/test_keras_private.py fails when they change):
+# * ``LossScaleOptimizer.__init__`` stores it as ``inner_optimizer`` and then
+#   sets its ``loss_scale_factor`` to None (WRAPPING_SIGNAL): the wrapped
+#   optimizer sees that assignment, and finds the new wrapper on the heap;
+# * ``saving_lib._load_state`` calls ``saveable.load_own_variables(store)``,
+#   looked up on the instance: an instance attribute of that one wrapper
+#   (``CheckedWrapperLoad``) runs the check, then its class's method.
+WRAPPER_CLASS = keras.optimizers.LossScaleOptimizer
+WRAPPING_SIGNAL = "loss_scale_factor"
+WRAPPER_LOAD = "load_own_variables"
 WRAPPED_CHILD = "inner_optimizer"  # the wrapped optimizer's group, in the wrapper's
 # A LossScaleOptimizer's own variables before ``build`` (iterations, learning
 # rate); ``build`` adds the step counter and the loss scale.
@@ -119,27 +119,88 @@ WRAPPER_VARIABLES_BEFORE_BUILD = 2
 LOSS_SCALE_VARIABLE = "dynamic_scale"  # the name of its loss-scale variable
 
 
-def wrapper_loading(optimizer: Any) -> tuple[Any, Any] | None:
-    """``(wrapper, store)`` while a ``LossScaleOptimizer`` that wraps ``optimizer`` loads.
+class CheckedWrapperLoad:
+    """``load_own_variables`` of one wrapper: the wrapped optimizer's check, then Keras's load.
 
-    Called from the wrapped optimizer's ``variables``: true only when that
-    read comes from the wrapper's ``load_own_variables`` (two or three frames
-    up: the wrapper's ``variables`` property sits between them).
+    Holds both optimizers weakly, and is never persisted: Keras copies,
+    pickles and saves a wrapper through its config (``KerasSaveable.__reduce__``,
+    ``get_config``), whose constructor hooks the new wrapper again; anything
+    that would copy this object instead raises.
     """
-    frame: Any = sys._getframe(2)
-    for _ in range(3):
-        if frame is None:
-            return None
-        if frame.f_code is _WRAPPER_LOAD_CODE:
-            wrapper = frame.f_locals.get("self")
-            store = frame.f_locals.get("store")
-            if getattr(wrapper, WRAPPED_CHILD, None) is not optimizer or not hasattr(
-                store, "_h5_entry_path"
-            ):
-                return None  # another caller, or a store we cannot read ahead
-            return wrapper, store
-        frame = frame.f_back
-    return None
+
+    __slots__ = ("_wrapped", "_wrapper")
+
+    def __init__(self, wrapper: Any, wrapped: Any) -> None:
+        self._wrapper = weakref.ref(wrapper)
+        self._wrapped = weakref.ref(wrapped)
+
+    def wraps(self, optimizer: Any) -> bool:
+        """Whether this hook checks loads for ``optimizer``."""
+        return self._wrapped() is optimizer
+
+    def __call__(self, store: Any) -> None:
+        wrapper, wrapped = self._wrapper(), self._wrapped()
+        if wrapper is None:  # only a reference kept to this very object can call it then
+            raise ReferenceError("The LossScaleOptimizer this load was for no longer exists.")
+        # Only while it still wraps that optimizer, and only for HDF5 stores,
+        # which the check can read ahead in (``read_child_group``).
+        if (
+            getattr(wrapper, WRAPPED_CHILD, None) is wrapped
+            and wrapped is not None
+            and hasattr(store, "_h5_entry_path")
+        ):
+            wrapped._check_wrapper_load(wrapper, store)
+        getattr(type(wrapper), WRAPPER_LOAD)(wrapper, store)
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "introspect_opt's load check of a LossScaleOptimizer is not copied or "
+            "pickled on its own: copy or pickle the LossScaleOptimizer (through Keras)."
+        )
+
+
+def _wrapper_classes() -> set[type]:
+    """``LossScaleOptimizer`` and every subclass of it defined so far."""
+    classes, pending = set(), [WRAPPER_CLASS]
+    while pending:
+        cls = pending.pop()
+        classes.add(cls)
+        pending += cls.__subclasses__()
+    return classes
+
+
+def hook_wrapper_loads(optimizer: Any) -> int:
+    """Makes every wrapper of ``optimizer`` not hooked yet check a file before it loads it.
+
+    The wrappers are found on the heap (``gc``), youngest generation first: a
+    wrapper that signalled just now is among the few hundred objects created
+    since the last collection, so the search usually stops there (well under
+    a millisecond); an older one (``introspect`` of a wrapped optimizer), or
+    none, costs a scan of every object (0.1 to 0.3 seconds with TensorFlow or
+    torch loaded). Returns how many were hooked.
+    """
+    is_wrapper = _wrapper_classes().__contains__
+    for generation in range(3):
+        objects = gc.get_objects(generation)
+        # Filtered in C (a Python loop over every object costs several times
+        # more); by type(), not isinstance, so that nothing of theirs runs.
+        wrappers = itertools.compress(objects, map(is_wrapper, map(type, objects)))
+        found = [
+            candidate
+            for candidate in wrappers
+            if vars(candidate).get(WRAPPED_CHILD) is optimizer
+            and not (
+                isinstance(hook := vars(candidate).get(WRAPPER_LOAD), CheckedWrapperLoad)
+                and hook.wraps(optimizer)
+            )
+        ]
+        for wrapper in found:
+            # Straight into the instance's __dict__: no tracking (TensorFlow's
+            # AutoTrackable, Keras's Tracker) ever sees it.
+            vars(wrapper)[WRAPPER_LOAD] = CheckedWrapperLoad(wrapper, optimizer)
+        if found:
+            return len(found)
+    return 0
 
 
 def wrapper_own_variables(wrapper: Any) -> list[Any]:
@@ -150,19 +211,6 @@ def wrapper_own_variables(wrapper: Any) -> list[Any]:
 def wrapper_variables(wrapper: Any) -> list[Any]:
     """What the wrapper's load assigns: its own variables, then the wrapped optimizer's."""
     return [*wrapper_own_variables(wrapper), *getattr(wrapper, WRAPPED_CHILD)._listed_variables()]
-
-
-def keras_load_skips_mismatches() -> bool:
-    """Whether the Keras load running now was asked to skip mismatches.
-
-    ``load_weights(..., skip_mismatch=True)`` reaches ``load_own_variables``
-    only through ``saving_lib._load_state(..., skip_mismatch=...)``; the flag
-    itself is not passed on. State that can only be checked later (when the
-    optimizer is built) must still honour it.
-    """
-    from keras.src.saving import saving_lib
-
-    return bool(_local_of(saving_lib._load_state, "skip_mismatch"))
 
 
 def is_traced(value: Any) -> bool:
@@ -208,9 +256,8 @@ def describe_store(store: Any) -> str:
     if archive is not None and getattr(archive, "filename", None):
         where = f"{archive.filename} (member {inner})"
     elif isinstance(inner, io.IOBase):
-        # load_model reads the weights member of a .keras archive into memory;
-        # the file it opened is a local of saving_lib.load_model.
-        where = f"{_file_being_loaded() or 'the model file being loaded'} (its model.weights.h5)"
+        # load_model reads the weights member of a .keras archive into memory.
+        where = "the .keras file being loaded (its model.weights.h5)"
     elif inner is not None:
         where = str(inner)
     else:
@@ -218,14 +265,6 @@ def describe_store(store: Any) -> str:
     if entry:
         where += f", group '{entry}'"
     return where
-
-
-def _file_being_loaded() -> str | None:
-    """The path ``keras.saving.load_model`` is loading, from its frame (or None)."""
-    from keras.src.saving import saving_lib
-
-    path = _local_of(saving_lib.load_model, "filepath")
-    return None if path is None else str(path)
 
 
 @contextlib.contextmanager
@@ -286,17 +325,90 @@ def strategy_scope(optimizer: Any) -> contextlib.AbstractContextManager[Any]:
     return strategy.scope()  # type: ignore[no-any-return]
 
 
-def checkpoint_slots_waiting(optimizer: Any) -> int:
-    """How many optimizer variables a tf.train.Checkpoint holds for this one that it lacks.
+# TensorFlow's checkpointing internals (checked against TensorFlow 2.20 and
+# 2.21). Keras keeps optimizer variables in the list ``_variables``, which
+# checkpoints name by position (``_variables/N``); a variable saves its value
+# as attribute ``VARIABLE_VALUE``. Values a restore holds for positions that
+# do not exist yet wait in that list's ``_deferred_dependencies`` (name ->
+# CheckpointPosition list) until ``build`` appends variables there.
+VARIABLES_CHILD = "_variables"
+VARIABLE_ATTRIBUTE = "VARIABLE_VALUE"
+MANIFEST_ATTRIBUTE = "MANIFEST"  # ours: the manifest's checkpoint attribute
 
-    TensorFlow keeps the values of list entries it could not match yet in the
-    ``_deferred_dependencies`` of Keras's ``_variables`` list (positions
-    ``_variables/N``) until ``build`` appends those variables.
-    """
+if keras.backend.backend() == "tensorflow":
+    import tensorflow as _tf
+
+    Trackable: Any = _tf.__internal__.tracking.Trackable
+else:
+    Trackable = object
+
+
+def _deferred(optimizer: Any, child: str | None = VARIABLES_CHILD) -> dict[str, Any]:
+    holder = optimizer if child is None else getattr(optimizer, child, None)
+    waiting = getattr(holder, "_deferred_dependencies", None)
+    return waiting if waiting is not None else {}
+
+
+def waiting_checkpoint_values(trackable: Any) -> dict[str, Any]:
+    """The variable values a restored tf.train.Checkpoint holds for children ``trackable`` lacks."""
     if keras.backend.backend() != "tensorflow":
-        return 0
-    waiting = getattr(getattr(optimizer, "_variables", None), "_deferred_dependencies", None)
-    return len(waiting or {})
+        return {}
+    values = {}
+    for name, positions in _deferred(trackable, None).items():
+        tensors = positions[0].value_tensors() if positions else {}
+        if set(tensors) == {VARIABLE_ATTRIBUTE}:
+            values[name] = np.asarray(tensors[VARIABLE_ATTRIBUTE].numpy())
+    return values
+
+
+def waiting_checkpoint_slots(optimizer: Any) -> dict[int, Any]:
+    """The values a restored tf.train.Checkpoint holds for positions the optimizer lacks."""
+    values = waiting_checkpoint_values(getattr(optimizer, VARIABLES_CHILD, None))
+    if not all(name.isdigit() for name in values):
+        return {}  # not list positions: left to TensorFlow
+    return {int(name): value for name, value in values.items()}
+
+
+def drop_waiting_checkpoint_slots(optimizer: Any, holders: dict[int, Any] | None = None) -> None:
+    """Forgets what a restored checkpoint holds for positions the optimizer lacks.
+
+    ``holders``: objects that took the values over, by position; each is
+    bound to its checkpoint entry as restored (``CheckpointPosition.bind_object``
+    and the restore's uid), so the restore's status (``assert_consumed``,
+    ``assert_existing_objects_matched``, the warning at exit) counts them.
+    """
+    drop_waiting_checkpoint_values(
+        getattr(optimizer, VARIABLES_CHILD, None),
+        None if holders is None else {str(k): v for k, v in holders.items()},
+    )
+
+
+def drop_waiting_checkpoint_values(trackable: Any, holders: dict[str, Any] | None = None) -> None:
+    """``drop_waiting_checkpoint_slots`` for the named children of any trackable."""
+    waiting = _deferred(trackable, None)
+    for name, positions in waiting.items():
+        holder = None if holders is None else holders.get(name)
+        if holder is None:
+            continue
+        for position in positions:
+            position.bind_object(holder)
+            holder._update_uid = position.checkpoint.restore_uid
+        holder.checkpoint_positions = list(positions)
+    waiting.clear()
+
+
+def rebind_checkpoint_value(holder: Any, variable: Any) -> None:
+    """Binds the checkpoint entries a holder took over to the variable that now has the value.
+
+    The restore's status then counts the variable as restored, as if
+    TensorFlow had restored it itself at ``build``.
+    """
+    for position in getattr(holder, "checkpoint_positions", ()):
+        checkpoint = position.checkpoint
+        checkpoint.object_by_proto_id[position.proto_id] = variable
+        checkpoint.all_python_objects.add(variable)
+        variable._maybe_initialize_trackable()
+        variable._update_uid = checkpoint.restore_uid
 
 
 def read_child_group(store: Any, child: str) -> dict[str, Any]:
@@ -319,53 +431,3 @@ def read_child_group(store: Any, child: str) -> dict[str, Any]:
         return {key: store[key] for key in list(store.keys())}
     finally:
         store.get(path)
-
-
-def _models_in(value: Any) -> list[Any]:
-    """Keras models held by ``value``: itself, or the children of a TF checkpoint."""
-    if isinstance(value, keras.Model):
-        return [value]
-    if type(value).__name__ not in ("Checkpoint", "CheckpointManager"):
-        return []
-    found = []
-    for child in list(vars(value).values()):
-        if isinstance(child, keras.Model):
-            found.append(child)
-        elif type(child).__name__ == "Checkpoint":
-            found += [c for c in vars(child).values() if isinstance(c, keras.Model)]
-    return found
-
-
-def owning_model(optimizer: Any) -> Any:
-    """The built model that trains ``optimizer``, found on the call stack; or None.
-
-    Loading and saving reach an optimizer through its model without telling it
-    which one: ``saving_lib._load_state`` / ``_save_state`` walk down from the
-    model they were given, ``tf.train.Checkpoint`` from the objects it holds.
-    Those are local variables of the frames that called us, so the model
-    whose ``optimizer`` (or its ``inner_optimizer``) *is* this optimizer is
-    found there. None when there is none, when it is not built, or when
-    several models with different variables share the optimizer.
-    """
-    seen: set[int] = set()
-    matches: list[Any] = []
-    frame: Any = sys._getframe(1)
-    depth = 0
-    while frame is not None and depth < 200:
-        for value in list(frame.f_locals.values()):
-            for model in _models_in(value):
-                if id(model) in seen:
-                    continue
-                seen.add(id(model))
-                held = getattr(model, "optimizer", None)
-                if held is optimizer or getattr(held, "inner_optimizer", None) is optimizer:
-                    matches.append(model)
-        frame = frame.f_back
-        depth += 1
-    built = [m for m in matches if m.built]
-    if not built:
-        return None
-    variables = [[id(v) for v in m.trainable_variables] for m in built]
-    if any(v != variables[0] for v in variables):
-        return None
-    return built[0]

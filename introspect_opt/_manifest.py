@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import threading
 from typing import Any
 
@@ -44,6 +45,7 @@ MANIFEST_KEY = "manifest"
 # ``add_variable_from_reference``: the model variable's path with "/" as "_",
 # then "_" and the slot's role ("dense_kernel_momentum").
 _SEPARATOR = "_"
+_AUTO_NAMED = re.compile(r"variable(_\d+)?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,10 +126,7 @@ def attribute(variables: list[Any], built_for: list[Any]) -> list[Slot]:
     variable named exactly like one single model variable (Adafactor's
     factored slots) belongs to that one; anything else is the optimizer's own.
     """
-    prefixes = sorted(
-        ((v.path.replace("/", "_") + _SEPARATOR, i) for i, v in enumerate(built_for)),
-        key=lambda item: -len(item[0]),
-    )
+    prefixes = {v.path.replace("/", "_") + _SEPARATOR: i for i, v in enumerate(built_for)}
     by_name: dict[str, list[int]] = {}
     for index, variable in enumerate(built_for):
         by_name.setdefault(str(variable.name), []).append(index)
@@ -135,14 +134,19 @@ def attribute(variables: list[Any], built_for: list[Any]) -> list[Slot]:
     for variable in variables:
         name = str(variable.name)
         owner: int | None = None
-        role = name
-        for prefix, index in prefixes:
-            if name.startswith(prefix) and len(name) > len(prefix):
-                owner, role = index, name[len(prefix) :]
+        # An unnamed Keras variable is numbered process-wide ("variable_7",
+        # Nadam's u_product): the number says nothing about its role.
+        role = "variable" if _AUTO_NAMED.fullmatch(name) else name
+        # The longest model-variable prefix wins: try each "_" from the right.
+        cut = name.rfind(_SEPARATOR)
+        while cut > 0:
+            found = prefixes.get(name[: cut + 1])
+            if found is not None:
+                owner, role = found, name[cut + 1 :]
                 break
-        else:
-            if len(by_name.get(name, ())) == 1:
-                owner = by_name[name][0]
+            cut = name.rfind(_SEPARATOR, 0, cut)
+        if owner is None and len(by_name.get(name, ())) == 1:
+            owner = by_name[name][0]
         slots.append(Slot(name, role, owner, _shape(variable), _dtype(variable)))
     return slots
 

@@ -20,6 +20,7 @@ the model it belongs to.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import warnings
 import weakref
 from typing import Any
@@ -63,7 +64,7 @@ class Pending:
     entries: Entries | None
     manifest: _manifest.Manifest | None  # the writer's, for the whole file
     previous: list[np.ndarray]  # the prefix just before this load (rollback)
-    prefix: list[np.ndarray]  # the prefix this load assigned
+    sequence: int  # when it was queued (see ``restore_started``)
     earlier: Pending | None = None  # the queued load this one superseded
 
 
@@ -230,30 +231,38 @@ def _roles(layout: tuple[tuple[Any, ...], ...]) -> str:
     return f"slots {per_variable or 'none'} and own variables {own}"
 
 
-def _same_variable(recorded: str, path: str) -> bool:
-    """Whether two variable paths name the same variable of a model.
-
-    A model built in this process prefixes its variables' paths with its own
-    name ("sequential/dense/kernel"); the same model from ``load_model`` does
-    not ("dense/kernel"): one path ends with the other, layer and name at least.
-    """
-    a, b = recorded.split("/"), path.split("/")
-    shorter = min(len(a), len(b))
-    return shorter >= 2 and a[-shorter:] == b[-shorter:]
+def _suffixes(path: str) -> list[str]:
+    """A path and every shorter tail of it that still names layer and variable."""
+    parts = path.split("/")
+    return ["/".join(parts[i:]) for i in range(max(len(parts) - 1, 1))]
 
 
 def _owner_map(
     optimizer: Any, recorded: tuple[_manifest.ModelVariable, ...], built_for: list[Any], source: str
 ) -> dict[int, int]:
-    """Which of ``built_for`` each recorded model variable is: by path, else by position."""
+    """Which of ``built_for`` each recorded model variable is: by path, else by position.
+
+    A model built in this process prefixes its variables' paths with its own
+    name ("sequential/dense/kernel"); the same model from ``load_model`` does
+    not ("dense/kernel"): a path that ends with the other (layer and name at
+    least) names the same variable, where exactly one does.
+    """
     described = [(str(v.path), tuple(int(d) for d in v.shape)) for v in built_for]
+    exact: dict[str, list[int]] = {}
+    tails: dict[str, list[int]] = {}
+    for i, (path, _) in enumerate(described):
+        exact.setdefault(path, []).append(i)
+        for tail in _suffixes(path):
+            tails.setdefault(tail, []).append(i)
     by_path: dict[int, int] = {}
     for index, variable in enumerate(recorded):
-        found = [i for i, (path, _) in enumerate(described) if path == variable.path]
-        if not found:
-            found = [
-                i for i, (path, _) in enumerate(described) if _same_variable(variable.path, path)
-            ]
+        found = exact.get(variable.path, [])
+        if not found:  # it ends with one of ours, or one of ours ends with it
+            found = sorted(
+                {*tails.get(variable.path, ())}.union(
+                    *(exact.get(t, ()) for t in _suffixes(variable.path))
+                )
+            )
         if len(found) == 1 and described[found[0]][1] == variable.shape:
             by_path[index] = found[0]
     if len(by_path) == len(recorded) and len(set(by_path.values())) == len(recorded):
@@ -351,7 +360,7 @@ def check_wrapper_load(optimizer: Any, state: AppliedRateState, wrapper: Any, st
 
     The wrapper assigns its own variables and ``optimizer``'s by position
     from its group, before Keras hands ``optimizer`` its own group (see
-    ``_keras_private.wrapper_loading``). Everything either load would assign
+    ``_keras_private.CheckedWrapperLoad``). Everything either load would assign
     is checked here first: a damaged file raises before anything changes, and
     ``optimizer``'s own load of the same file then refuses too.
 
@@ -509,6 +518,15 @@ def load(optimizer: Any, state: AppliedRateState, store: Any) -> None:
     enqueue(optimizer, state, file.source, file.values, file.entries, file.manifest)
 
 
+# Orders queued loads and checkpoint restores (a newer one wins at build).
+_EVENTS = itertools.count()
+
+
+def restore_started(state: AppliedRateState) -> None:
+    """A tf.train.Checkpoint restore into the optimizer begins (newer than queued loads)."""
+    state.__dict__["_checkpoint_restored"] = next(_EVENTS)
+
+
 def enqueue(
     optimizer: Any,
     state: AppliedRateState,
@@ -526,7 +544,7 @@ def enqueue(
         entries=entries,
         manifest=manifest,
         previous=host_values(prefix),
-        prefix=[np.asarray(v) for v in values[:count]],
+        sequence=next(_EVENTS),
         earlier=state.pending,
     )
     _assign(prefix, values[:count])
@@ -582,7 +600,7 @@ def _was_saved_before_build(optimizer: Any, values: list[np.ndarray]) -> bool:
     return int(values[0]) == 0 and int(steps) == 0
 
 
-def apply_pending(optimizer: Any, state: AppliedRateState) -> None:
+def apply_pending(optimizer: Any, state: AppliedRateState) -> tuple[Pending, Plan] | None:
     """Applies a queued file's state once the optimizer is built (from build()).
 
     A queued load that does not fit the variables the optimizer was built for
@@ -592,12 +610,11 @@ def apply_pending(optimizer: Any, state: AppliedRateState) -> None:
     """
     pending, state.pending = state.pending, None
     if pending is None:
-        return
+        return None
+    if state.__dict__.get("_checkpoint_restored", -1) > pending.sequence:
+        return None  # a tf.train.Checkpoint restored since is newer: TensorFlow restores its slots
     prefix = optimizer._plain_variables()[: prefix_count(optimizer)]
-    current = host_values(prefix)
-    if any(a.tobytes() != b.tobytes() for a, b in zip(current, pending.prefix, strict=False)):
-        return  # a newer restore (a plain tf.train.Checkpoint) changed the step counter since
-    values = current + pending.slots
+    values = host_values(prefix) + pending.slots
     try:
         plan = _plan(optimizer, pending.manifest, values, pending.source)
     except ValueError as error:
@@ -611,6 +628,7 @@ def apply_pending(optimizer: Any, state: AppliedRateState) -> None:
         ) from None
     _apply(optimizer, plan, pending.source)
     state.assign_entries(optimizer, pending.entries)
+    return pending, plan
 
 
 def state_to_save(

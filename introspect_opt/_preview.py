@@ -23,6 +23,7 @@ import numpy as np
 from . import _history, _keras_private
 from ._mixin import IntrospectableOptimizer
 from ._resolve import current_learning_rate, describe_value, is_multi_optimizer, optimizer_of
+from ._state import host_array
 
 # More points than a plot is pixels wide; beyond this the schedule is sampled.
 _MAX_PLOT_POINTS = 4096
@@ -42,7 +43,7 @@ class _RateSource:
 
 
 def _as_rate_array(value: Any, what: str) -> np.ndarray:
-    array = np.asarray(keras.ops.convert_to_numpy(value))
+    array = host_array(value)
     if array.dtype.kind in "iu":
         # The update step caches integer rates in floatx, too.
         return array.astype(keras.config.floatx())
@@ -190,7 +191,7 @@ def _as_iterations(iterations: Any, function: str, argument: str = "iterations")
     if isinstance(iterations, (bool, np.bool_)):
         array = np.asarray(iterations)
     elif hasattr(iterations, "dtype") and not isinstance(iterations, (np.ndarray, np.generic)):
-        array = np.asarray(keras.ops.convert_to_numpy(iterations))  # a tensor or variable
+        array = host_array(iterations)  # a tensor or variable
     else:
         try:
             array = np.asarray(iterations)
@@ -351,10 +352,10 @@ def _recorded_points(
         return np.zeros(0, np.int64), np.zeros(0), None
     steps, rates = _history.recorded_rates(optimizer)
     current = None
-    count = int(keras.ops.convert_to_numpy(optimizer.iterations))
+    count = int(host_array(optimizer.iterations))
     if count > 0:
         rate = current_learning_rate(resolved.holder)
-        current = (count, float(keras.ops.convert_to_numpy(rate)))
+        current = (count, float(host_array(rate)))
     return np.asarray(steps, np.int64), np.asarray(rates, np.float64), current
 
 

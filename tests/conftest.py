@@ -54,7 +54,12 @@ def _gpu_visible() -> bool:
 # Under pytest-xdist (`-n 2 --dist loadgroup`, pyproject.toml) each test file runs
 # in one worker, and the files that run strategies and multi-process jobs share
 # one: two of them at once on two cores starve each other's collectives.
-_ONE_AT_A_TIME = {"test_distributed", "test_multi_worker", "test_parameter_server"}
+_ONE_AT_A_TIME = {
+    "test_distributed",
+    "test_multi_worker",
+    "test_parameter_server",
+    "test_strategy_scope",
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import gc
 import inspect
+import pickle
 from pathlib import Path
+from typing import Any
 
 import h5py
 import keras
@@ -11,7 +15,7 @@ import numpy as np
 import pytest
 from helpers import SCHEDULE, make_model
 
-from introspect_opt import IntrospectableSGD, _keras_private
+from introspect_opt import IntrospectableSGD, _keras_private, introspect
 
 
 def test_update_step_hook_exists_with_the_expected_signature() -> None:
@@ -59,22 +63,24 @@ def test_keras_hands_the_optimizer_a_store_that_reaches_the_state_group(tmp_path
     try:
         store.get("optimizer")
         group = _keras_private.read_child_group(store, "_introspection_state")
-        assert sorted(group) == ["applied_learning_rate", "update_count"]
+        assert sorted(group) == ["applied_learning_rate", "manifest", "update_count"]
         assert len(store.keys()) == len(model.optimizer._plain_variables())
     finally:
         store.close()
 
 
-def test_loss_scale_optimizer_reads_the_wrapped_variables_before_it_assigns(
+def test_loss_scale_optimizer_loads_the_wrapped_variables_by_position_first(
     tmp_path: Path,
 ) -> None:
-    """Its load_own_variables lists ``variables`` (own, then wrapped) before any assign.
+    """Its inherited load assigns its own variables, then the wrapped ones, from its group.
 
-    That read is where the wrapped optimizer checks the file first
-    (``wrapper_loading``); the wrapped group must sit under ``inner_optimizer``.
+    That is why the wrapped optimizer checks the file before the wrapper's
+    load; the wrapped group must sit under ``inner_optimizer``.
     """
-    load = keras.optimizers.LossScaleOptimizer.load_own_variables
-    assert load.__code__ is _keras_private._WRAPPER_LOAD_CODE
+    wrapper_class = _keras_private.WRAPPER_CLASS
+    assert wrapper_class is keras.optimizers.LossScaleOptimizer
+    assert _keras_private.WRAPPER_LOAD not in vars(wrapper_class)  # BaseOptimizer's
+    load = getattr(wrapper_class, _keras_private.WRAPPER_LOAD)
     source = inspect.getsource(load)
     assert source.index("self.variables") < source.index(".assign(")
     assert list(inspect.signature(load).parameters) == ["self", "store"]
@@ -96,17 +102,146 @@ def test_loss_scale_optimizer_reads_the_wrapped_variables_before_it_assigns(
         assert len(f["optimizer/vars"]) == len(wrapper.variables)
 
 
-def test_the_model_that_trains_an_optimizer_is_found_on_the_stack() -> None:
-    """owning_model finds a built model holding the optimizer, also behind loss scaling."""
+def test_loss_scale_optimizer_signals_the_optimizer_it_wraps_once_it_holds_it() -> None:
+    """Its constructor sets the wrapped ``loss_scale_factor`` to None after storing it.
+
+    The wrapped optimizer finds its new wrapper at that moment: the wrapper
+    must already hold it as ``inner_optimizer``.
+    """
+    seen: list[tuple[object, bool]] = []
+
+    class Probe(keras.optimizers.SGD):
+        def __setattr__(self, name, value):  # type: ignore[no-untyped-def]
+            super().__setattr__(name, value)
+            if name == _keras_private.WRAPPING_SIGNAL and "_probe_ready" in vars(self):
+                held = [
+                    o
+                    for o in gc.get_objects(0) + gc.get_objects(1) + gc.get_objects(2)
+                    if type(o) is _keras_private.WRAPPER_CLASS
+                    and vars(o).get(_keras_private.WRAPPED_CHILD) is self
+                ]
+                seen.append((value, len(held) == 1))
+
+    inner = Probe(0.1, loss_scale_factor=128.0)
+    inner.__dict__["_probe_ready"] = True
+    wrapper = keras.optimizers.LossScaleOptimizer(inner)
+    assert seen == [(None, True)], seen
+    assert inner.loss_scale_factor is None
+    assert getattr(wrapper, _keras_private.WRAPPED_CHILD) is inner
+
+
+def test_keras_loading_calls_load_own_variables_found_on_the_instance(tmp_path: Path) -> None:
+    """``saving_lib._load_state`` calls the wrapper's own attribute, then the wrapped load."""
+    keras.config.set_dtype_policy("mixed_float16")
     model = make_model()
-    optimizer = IntrospectableSGD(0.1)
-    model.compile(keras.optimizers.LossScaleOptimizer(optimizer), loss="mse")
+    model.compile(keras.optimizers.SGD(0.1), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    model.save_weights(tmp_path / "m.weights.h5")
+    wrapper = model.optimizer
+    calls: list[str] = []
+    inner_load = wrapper.inner_optimizer.load_own_variables
 
-    def deeper() -> object:
-        return _keras_private.owning_model(optimizer)
+    def instance_load(store):  # type: ignore[no-untyped-def]
+        calls.append(f"wrapper {store._h5_entry_path}")
+        type(wrapper).load_own_variables(wrapper, store)
 
-    assert deeper() is model
-    assert _keras_private.owning_model(IntrospectableSGD(0.1)) is None
+    def wrapped_load(store):  # type: ignore[no-untyped-def]
+        calls.append(f"wrapped {store._h5_entry_path}")
+        inner_load(store)
+
+    vars(wrapper)[_keras_private.WRAPPER_LOAD] = instance_load
+    vars(wrapper.inner_optimizer)["load_own_variables"] = wrapped_load
+    model.load_weights(tmp_path / "m.weights.h5")
+    assert calls == ["wrapper optimizer", f"wrapped optimizer/{_keras_private.WRAPPED_CHILD}"]
+
+
+def _hook_of(wrapper: Any) -> Any:
+    hook = vars(wrapper).get(_keras_private.WRAPPER_LOAD)
+    assert isinstance(hook, _keras_private.CheckedWrapperLoad), hook
+    assert hook.wraps(wrapper.inner_optimizer)
+    return hook
+
+
+def test_every_wrapper_of_an_introspectable_optimizer_checks_before_it_loads(
+    tmp_path: Path,
+) -> None:
+    """Wrapped by compile, by hand (built before), by load_model, or before introspect()."""
+    keras.config.set_dtype_policy("mixed_float16")
+    model = make_model()
+    model.compile(IntrospectableSGD(SCHEDULE, momentum=0.9), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    _hook_of(model.optimizer)
+    built = IntrospectableSGD(0.1)
+    built.build(model.trainable_variables)
+    _hook_of(keras.optimizers.LossScaleOptimizer(built))
+    model.save(tmp_path / "m.keras")
+    _hook_of(keras.saving.load_model(tmp_path / "m.keras").optimizer)
+    plain = keras.optimizers.SGD(0.1)
+    wrapper = keras.optimizers.LossScaleOptimizer(plain)
+    assert _keras_private.WRAPPER_LOAD not in vars(wrapper)
+    introspect(plain)
+    _hook_of(wrapper)
+    assert _keras_private.hook_wrapper_loads(plain) == 0  # hooked once
+    # Not a wrapper of it: nothing is hooked.
+    assert _keras_private.hook_wrapper_loads(IntrospectableSGD(0.1)) == 0
+
+
+def test_the_load_check_is_never_persisted_or_shared(tmp_path: Path) -> None:
+    """Config, pickle, deepcopy and tf.train.Checkpoint see a plain LossScaleOptimizer."""
+    inner = IntrospectableSGD(0.1, name="sgd")
+    wrapper = keras.optimizers.LossScaleOptimizer(inner, name="wrapper")
+    hook = _hook_of(wrapper)
+    unhooked = keras.optimizers.LossScaleOptimizer(
+        IntrospectableSGD(0.1, name="sgd"), name="wrapper"
+    )
+    del unhooked.__dict__[_keras_private.WRAPPER_LOAD]
+    assert wrapper.get_config() == unhooked.get_config()
+    for copied in (copy.deepcopy(wrapper), copy.copy(wrapper), pickle.loads(pickle.dumps(wrapper))):
+        assert _hook_of(copied) is not hook  # its own, for its own wrapped optimizer
+        assert copied.inner_optimizer is not inner
+    with pytest.raises(TypeError, match="copy or pickle the LossScaleOptimizer"):
+        copy.deepcopy(hook)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        model = make_model()
+        model.compile(wrapper, loss="mse")
+        wrapper.build(model.trainable_variables)
+        path = tf.train.Checkpoint(optimizer=wrapper).write(str(tmp_path / "ck"))
+        names = [name for name, _ in tf.train.list_variables(path)]
+        assert not [n for n in names if _keras_private.WRAPPER_LOAD in n], names
+        fresh = keras.optimizers.LossScaleOptimizer(IntrospectableSGD(0.1))
+        fresh.build(model.trainable_variables)
+        tf.train.Checkpoint(optimizer=fresh).read(path).assert_consumed()
+
+
+def test_the_hook_checks_the_file_before_the_wrapper_assigns_anything(tmp_path: Path) -> None:
+    """A damaged loss scale raises before the wrapper's load, also for an introspect()ed one."""
+    keras.config.set_dtype_policy("mixed_float16")
+    for make in (lambda: IntrospectableSGD(0.1), lambda: keras.optimizers.SGD(0.1)):
+        model = make_model()
+        inner = make()
+        model.compile(inner, loss="mse")
+        if not isinstance(inner, IntrospectableSGD):
+            introspect(inner)
+        model.optimizer.build(model.trainable_variables)
+        model.save_weights(tmp_path / "m.weights.h5")
+        with h5py.File(tmp_path / "m.weights.h5", "a") as f:
+            group = f["optimizer/vars"]
+            index = next(
+                i
+                for i, v in enumerate(_keras_private.wrapper_own_variables(model.optimizer))
+                if v.name == _keras_private.LOSS_SCALE_VARIABLE
+            )
+            del group[str(index)]
+            group[str(index)] = np.float32(0.0)
+            del group["0"]
+            group["0"] = np.asarray(7, "int64")  # the wrapper's iterations: would change
+        before = [np.asarray(keras.ops.convert_to_numpy(v)) for v in model.optimizer.variables]
+        with pytest.raises(ValueError, match="loss scale"):
+            model.load_weights(tmp_path / "m.weights.h5")
+        after = [np.asarray(keras.ops.convert_to_numpy(v)) for v in model.optimizer.variables]
+        assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
 
 
 def test_hook_runs_once_per_applied_update_only() -> None:
@@ -157,25 +292,9 @@ def test_saving_walks_the_state_into_a_group_of_its_own(tmp_path: Path) -> None:
     model.save_weights(tmp_path / "m.weights.h5")
     with h5py.File(tmp_path / "m.weights.h5", "r") as f:
         group = f["optimizer/_introspection_state/vars"]
-        assert sorted(group.keys()) == ["applied_learning_rate", "update_count"]
+        assert sorted(group.keys()) == ["applied_learning_rate", "manifest", "update_count"]
         assert np.asarray(group["update_count"]) == 1
         assert len(f["optimizer/vars"].keys()) == len(model.optimizer._plain_variables())
-
-
-def test_skip_mismatch_is_read_from_the_load_running_now(tmp_path: Path) -> None:
-    """Inside a real load, the flag is what load_weights was given; outside, False."""
-    seen: list[bool] = []
-
-    class Probe(keras.layers.Layer):
-        def load_own_variables(self, store):  # type: ignore[no-untyped-def]
-            seen.append(_keras_private.keras_load_skips_mismatches())
-
-    model = keras.Sequential([keras.Input((2,)), Probe()])
-    model.save_weights(tmp_path / "m.weights.h5")
-    model.load_weights(tmp_path / "m.weights.h5", skip_mismatch=True)
-    model.load_weights(tmp_path / "m.weights.h5")
-    assert seen == [True, False]
-    assert _keras_private.keras_load_skips_mismatches() is False
 
 
 @pytest.mark.tf_only
@@ -195,3 +314,29 @@ def test_tensorflow_checkpoint_hooks_exist(tmp_path: Path) -> None:
     empty = tf.Module()
     tf.train.Checkpoint(holder=empty).restore(path)
     assert _keras_private.checkpoint_waits_for(empty, "child")
+
+
+@pytest.mark.tf_only
+def test_tensorflow_keeps_unbuilt_slots_by_position_with_their_values(tmp_path: Path) -> None:
+    """A restore into an unbuilt optimizer leaves its slots in ``_variables``'s deferred list.
+
+    _keras_private.waiting_checkpoint_slots reads them there (positions, values
+    through ``CheckpointPosition.value_tensors``) and drop_waiting_checkpoint_slots
+    marks them used (``matched_proto_ids``). Checked against TensorFlow 2.21.
+    """
+    import tensorflow as tf
+
+    plain = keras.optimizers.SGD(0.1, momentum=0.9)
+    variable = keras.Variable(np.ones((2, 3), "float32"))
+    plain.apply_gradients([(keras.ops.ones((2, 3)), variable)])
+    path = tf.train.Checkpoint(optimizer=plain).write(str(tmp_path / "ck"))
+    target = keras.optimizers.SGD(0.1, momentum=0.9)
+    tf.train.Checkpoint(optimizer=target).read(path)
+    waiting = _keras_private.waiting_checkpoint_slots(target)
+    assert sorted(waiting) == [2], (
+        f"TensorFlow {tf.__version__} / Keras {keras.__version__}: the deferred "
+        "`_variables` positions changed"
+    )
+    np.testing.assert_array_equal(waiting[2], keras.ops.convert_to_numpy(plain.variables[2]))
+    _keras_private.drop_waiting_checkpoint_slots(target, adopted=True)
+    assert _keras_private.waiting_checkpoint_slots(target) == {}

@@ -190,7 +190,7 @@ def test_only_the_chief_writes_checkpoints_and_each_restores_the_applied_rate(
     checkpoint_dir: Path = reference["checkpoint_dir"]
     chief, other = reference["reports"]
     numbers = list(range(CHECKPOINT_EVERY, STEPS + 1, CHECKPOINT_EVERY))
-    expected = {"checkpoint"} | {
+    expected = {"checkpoint", "final.weights.h5"} | {
         f"ckpt-{n}.{s}" for n in numbers for s in ("index", "data-00000-of-00001")
     }
     assert {p.name for p in checkpoint_dir.iterdir()} == expected
@@ -201,6 +201,25 @@ def test_only_the_chief_writes_checkpoints_and_each_restores_the_applied_rate(
         assert bits(optimizer.current_learning_rate) == chief["steps"][n - 1]["eager"]
     final = [np.asarray(w).ravel().view(np.int32).tolist() for w in model.weights]
     assert final == chief["state"]["model"]
+
+
+def test_weights_file_saved_inside_the_scope_restores_the_final_state(
+    reference: dict[str, Any],
+) -> None:
+    """The chief's final .weights.h5, saved inside the scope, restores here bit for bit."""
+    chief = reference["reports"][0]
+    model = make_model(seed=0)
+    optimizer = IntrospectableSGD(SCHEDULE, momentum=0.9)
+    model.compile(optimizer, loss="mse")
+    model.load_weights(reference["checkpoint_dir"] / "final.weights.h5")
+    optimizer.build(model.trainable_variables)  # the file's state waited for the build
+    assert int(optimizer.iterations) == STEPS
+    assert bits(optimizer.current_learning_rate) == chief["steps"][-1]["eager"]
+    as_bits = [np.asarray(v).ravel().view(np.int32).tolist() for v in optimizer.variables]
+    assert as_bits == chief["state"]["optimizer"]
+    assert [np.asarray(w).ravel().view(np.int32).tolist() for w in model.weights] == (
+        chief["state"]["model"]
+    )
 
 
 def test_survivor_of_a_killed_chief_exits_on_its_own(

@@ -7,8 +7,10 @@ the test. The config's ``mode`` selects the job:
   batches, one with ``IntrospectableSGD`` and one with plain ``SGD`` (same
   schedule and momentum), in a custom loop: ``strategy.run`` over a
   distributed ``tf.data`` dataset. Resumes from the latest checkpoint in
-  ``checkpoint_dir`` if there is one, and checkpoints every
-  ``checkpoint_every`` steps with the chief-writes pattern. With
+  ``checkpoint_dir`` if there is one, checkpoints every ``checkpoint_every``
+  steps with the chief-writes pattern, and at the end writes the model's and
+  the optimizer's state to ``final.weights.h5`` the same way. Both saves run
+  inside ``strategy.scope()``, where users write them. With
   ``die_at_step`` (``freeze_at_step``) set, this worker sends itself SIGKILL
   (SIGSTOP) just before that step.
 * ``"fit"``: ``model.fit`` with plain ``keras.optimizers.SGD``.
@@ -188,9 +190,17 @@ def _custom_loop(config: dict[str, Any], report: dict[str, Any]) -> None:
         # the steps done so far must be on disk by then.
         _write_report(config, report)
         if (step + 1) % config["checkpoint_every"] == 0:
-            manager.save(checkpoint_number=step + 1)
+            with strategy.scope():
+                manager.save(checkpoint_number=step + 1)
             if not is_chief:
                 shutil.rmtree(write_dir)
+
+    with strategy.scope():
+        model.compile(optimizer=optimizer, loss="mse")  # save_weights then saves it too
+        os.makedirs(write_dir, exist_ok=True)
+        model.save_weights(os.path.join(write_dir, "final.weights.h5"))
+    if not is_chief:
+        shutil.rmtree(write_dir)
 
     report["state"] = {
         "model": _array_bits(model.weights),
