@@ -79,7 +79,8 @@ for line in Path(sys.argv[1]).read_text().splitlines():
             model.load_weights(where)
         else:
             import tensorflow as tf
-            tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(where).assert_existing_objects_matched()
+            checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+            checkpoint.read(where).assert_existing_objects_matched()
     step(model)
     for key, value in snapshot(model).items():
         out[f"{case}|{key}"] = value
