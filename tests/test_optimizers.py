@@ -281,3 +281,23 @@ def test_constructor_errors_are_kerass_own() -> None:
     assert str(ours.value) == str(plain.value)
     with pytest.raises(ValueError, match="Argument\\(s\\) not recognized"):
         introspect_opt.IntrospectableAdam(learning_rat=0.1)
+
+
+def test_set_weights_from_another_optimizers_variables_copies_every_one() -> None:
+    """``b.set_weights(a.variables)`` makes every variable ``a`` lists equal in ``b``."""
+    x = keras.Variable(np.ones((2, 2), "float32"))
+    a = introspect_opt.IntrospectableAdam(0.1)
+    a.apply_gradients([(keras.ops.ones((2, 2)), x)])
+    a.learning_rate = 0.5  # the next update's rate now differs from the applied one
+    b = introspect_opt.IntrospectableAdam(0.1)
+    b.build([x])
+    b.set_weights(a.variables)
+    assert len(b.variables) == len(a.variables)
+    for mine, theirs in zip(b.variables, a.variables, strict=True):
+        np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))
+    # On JAX `variables` lists the cached rate, so b holds a's applied rate;
+    # elsewhere it is not listed and b derives it from its rate variable.
+    expected = 0.1 if keras.backend.backend() == "jax" else 0.5
+    assert float(b.current_learning_rate) == pytest.approx(expected)
+    with pytest.raises(ValueError, match=r"not compatible with provided weight shape \(3,\)"):
+        b.set_weights([*a.variables[:-1], np.zeros(3, "float32")])
