@@ -62,11 +62,14 @@ def restored(optimizer: Any, state: Any, manifest: _manifest.Manifest) -> None:
     try:
         _persistence.check_identity(optimizer, manifest, _SOURCE)
     except ValueError:
-        # Nothing of this checkpoint may reach the optimizer at build either.
+        _persistence.restore_handled(state)  # it changed nothing, the queue included
+        # Nothing of this checkpoint may reach the optimizer at build either:
+        # neither its slots nor the state's entries TensorFlow holds for later.
         _keras_private.drop_waiting_checkpoint_slots(optimizer)
+        _keras_private.drop_waiting_checkpoint_values(state)
         raise
-    state.pending = None  # this checkpoint is newer than any queued file load
     if not optimizer.built:
+        # Queued after any earlier load, which applies if this one does not fit.
         adopt_waiting_slots(optimizer, state, manifest)
 
 
@@ -111,6 +114,7 @@ def adopt_waiting_slots(optimizer: Any, state: Any, manifest: _manifest.Manifest
     holders = {p: _QueuedValue(waiting[p]) for p in positions}
     _keras_private.drop_waiting_checkpoint_slots(optimizer, holders)
     _persistence.enqueue(optimizer, state, _SOURCE, values, entries, manifest)
+    _persistence.restore_handled(state)  # it is the newest in the queue now
     state.__dict__["_queued_values"] = (state.pending, [holders[p] for p in positions])
     entry_holders = state.__dict__.pop("_adopted_entry_holders", None)
     if entry_holders is not None:

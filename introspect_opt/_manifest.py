@@ -121,16 +121,26 @@ def _shape(variable: Any) -> tuple[int, ...]:
 def attribute(variables: list[Any], built_for: list[Any]) -> list[Slot]:
     """Records, for each optimizer variable, its role and the model variable it belongs to.
 
-    A slot Keras makes with ``add_variable_from_reference`` is named after its
-    model variable's path (the longest path that prefixes the name wins); a
-    variable named exactly like one single model variable (Adafactor's
-    factored slots) belongs to that one; anything else is the optimizer's own.
+    * A slot Keras makes with ``add_variable_from_reference`` is named after
+      its model variable's path ("dense_kernel_momentum"); the longest path
+      that prefixes the name wins. Where several model variables have that
+      path (two submodels each with a layer "dense"), Keras creates their
+      slots in the order of the variables it was built for: the k-th such
+      slot of a role belongs to the k-th of them.
+    * Variables named exactly like model variables (Adafactor's factored
+      slots, ``m`` per variable) belong to them in the same order: the k-th
+      belongs to the (k // m)-th model variable of that name, role
+      ``"<name>:<k % m>"``.
+    * Anything else is the optimizer's own (step counter, rate, scalars).
     """
-    prefixes = {v.path.replace("/", "_") + _SEPARATOR: i for i, v in enumerate(built_for)}
+    prefixes: dict[str, list[int]] = {}
     by_name: dict[str, list[int]] = {}
     for index, variable in enumerate(built_for):
+        prefixes.setdefault(variable.path.replace("/", "_") + _SEPARATOR, []).append(index)
         by_name.setdefault(str(variable.name), []).append(index)
-    slots = []
+    seen: dict[tuple[str, str], int] = {}
+    owners: list[int | None] = []
+    roles: list[str] = []
     for variable in variables:
         name = str(variable.name)
         owner: int | None = None
@@ -142,13 +152,28 @@ def attribute(variables: list[Any], built_for: list[Any]) -> list[Slot]:
         while cut > 0:
             found = prefixes.get(name[: cut + 1])
             if found is not None:
-                owner, role = found, name[cut + 1 :]
+                role = name[cut + 1 :]
+                k = seen.get((name[: cut + 1], role), 0)
+                seen[(name[: cut + 1], role)] = k + 1
+                owner = found[k] if k < len(found) else None
                 break
             cut = name.rfind(_SEPARATOR, 0, cut)
-        if owner is None and len(by_name.get(name, ())) == 1:
-            owner = by_name[name][0]
-        slots.append(Slot(name, role, owner, _shape(variable), _dtype(variable)))
-    return slots
+        owners.append(owner)
+        roles.append(role)
+    named: dict[str, list[int]] = {}
+    for position, variable in enumerate(variables):
+        if owners[position] is None and str(variable.name) in by_name:
+            named.setdefault(str(variable.name), []).append(position)
+    for name, positions in named.items():
+        per_variable, left = divmod(len(positions), len(by_name[name]))
+        if per_variable and not left:
+            for k, position in enumerate(positions):
+                owners[position] = by_name[name][k // per_variable]
+                roles[position] = f"{name}:{k % per_variable}"
+    return [
+        Slot(str(v.name), role, owner, _shape(v), _dtype(v))
+        for v, role, owner in zip(variables, roles, owners, strict=True)
+    ]
 
 
 _LAYOUTS: dict[tuple[type, str], tuple[tuple[Any, ...], ...] | None] = {}
@@ -223,8 +248,13 @@ def _problem(source: str, what: str) -> ValueError:
     )
 
 
-def decode(value: Any, source: str) -> Manifest:
-    """Parses and validates a stored manifest; raises a ``ValueError`` naming ``source``."""
+def decode(value: Any, source: str, consistent: Any = None) -> Manifest:
+    """Parses and validates a stored manifest; raises a ``ValueError`` naming ``source``.
+
+    ``consistent(slot, built_for)``: whether a slot's recorded owner and role
+    are those its name says; Keras 3's naming (``_consistent``) by default
+    (tf_keras names its slots otherwise, see ``_tf_keras_manifest``).
+    """
     array = np.asarray(value)
     try:
         raw = array.tobytes() if array.dtype == np.uint8 else bytes(array.item())
@@ -267,4 +297,25 @@ def decode(value: Any, source: str) -> Manifest:
     bad = [s.name for s in manifest.variables if s.owner is not None and not 0 <= s.owner < count]
     if bad:
         raise _problem(source, f"variables {bad} belong to model variables it does not list")
+    built_for = manifest.built_for or ()
+    check = _consistent if consistent is None else consistent
+    contradicting = [s.name for s in manifest.variables if not check(s, built_for)]
+    if contradicting:
+        raise _problem(
+            source,
+            f"variables {contradicting[:4]} are recorded with an owner or role their "
+            "names contradict",
+        )
     return manifest
+
+
+def _consistent(slot: Slot, built_for: tuple[ModelVariable, ...]) -> bool:
+    """Whether a slot's recorded owner and role are those its name says (see ``attribute``)."""
+    if slot.owner is None:
+        auto = slot.role == "variable" and _AUTO_NAMED.fullmatch(slot.name) is not None
+        return slot.role == slot.name or auto
+    path = built_for[slot.owner].path
+    if slot.name == path.replace("/", "_") + _SEPARATOR + slot.role:
+        return True
+    name, _, k = slot.role.rpartition(":")
+    return name == slot.name == path.rsplit("/", 1)[-1] and k.isdigit()

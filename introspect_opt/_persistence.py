@@ -19,6 +19,7 @@ the model it belongs to.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import warnings
@@ -205,6 +206,14 @@ def _assign(variables: list[Any], values: list[np.ndarray]) -> None:
             variable.assign(value)
 
 
+def _assign_releasing(variables: list[Any], values: list[Any]) -> None:
+    """``_assign``, dropping each array once assigned: a load peaks at one copy of the state."""
+    with _keras_private.eager_scope():
+        for index, variable in enumerate(variables):
+            variable.assign(values[index])
+            values[index] = None
+
+
 def check_identity(optimizer: Any, manifest: _manifest.Manifest, source: str) -> None:
     """Refuses a file another optimizer class or slot layout wrote, built or not."""
     own_class = _manifest.optimizer_class(optimizer)
@@ -254,6 +263,10 @@ def _owner_map(
         exact.setdefault(path, []).append(i)
         for tail in _suffixes(path):
             tails.setdefault(tail, []).append(i)
+    # Variables of the same path (two submodels with a layer "dense") match in
+    # order, as Keras built their slots: the k-th recorded, the k-th here.
+    seen: dict[str, int] = {}
+    twins = collections.Counter(v.path for v in recorded)
     by_path: dict[int, int] = {}
     for index, variable in enumerate(recorded):
         found = exact.get(variable.path, [])
@@ -263,20 +276,24 @@ def _owner_map(
                     *(exact.get(t, ()) for t in _suffixes(variable.path))
                 )
             )
-        if len(found) == 1 and described[found[0]][1] == variable.shape:
-            by_path[index] = found[0]
+        k = seen.get(variable.path, 0)
+        seen[variable.path] = k + 1
+        if len(found) == twins[variable.path] and described[found[k]][1] == variable.shape:
+            by_path[index] = found[k]
     if len(by_path) == len(recorded) and len(set(by_path.values())) == len(recorded):
         return by_path
-    if [v.shape for v in recorded] == [shape for _, shape in described]:
+    if not by_path and [v.shape for v in recorded] == [shape for _, shape in described]:
+        # No path matches at all: the same model rebuilt under other names.
         return {i: i for i in range(len(recorded))}
     missing = [v.path for i, v in enumerate(recorded) if i not in by_path]
     raise ValueError(
         f"Cannot restore {_describe(optimizer)} from {source}: the file holds optimizer "
-        f"state for {len(recorded)} model variables "
-        f"({', '.join(v.path for v in recorded[:4])}{', ...' if len(recorded) > 4 else ''}) "
-        f"that match neither by path (not found: {missing[:4]}) nor by position the "
-        f"{len(built_for)} variables this optimizer was built for. Nothing was loaded into "
-        f"the optimizer. {FIX}"
+        f"state for {len(recorded)} model variables, and {len(missing)} of them "
+        f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}) are not among "
+        f"the {len(built_for)} variables this optimizer was built for"
+        f"{' (the rest match by path, so position cannot be trusted)' if by_path else ''}"
+        f": their state would be lost (a layer frozen since the file was written, or "
+        f"another model). Nothing was loaded into the optimizer. {FIX}"
     )
 
 
@@ -343,8 +360,8 @@ def _plan(
 
 
 def _apply(optimizer: Any, plan: Plan, source: str) -> None:
-    """Assigns a plan; one warning names the model variables whose slots start fresh."""
-    _assign(plan.targets, plan.values)
+    """Assigns a plan (and releases its arrays); one warning names what starts fresh."""
+    _assign_releasing(plan.targets, plan.values)
     if plan.fresh:
         warnings.warn(
             f"{source} holds no optimizer state for {len(plan.fresh)} variables "
@@ -444,17 +461,29 @@ def _writer_own_count(
     trailing = (0, len(file.entries or {}))
     for count in counts:
         copy = values[count : count + wrapped]
-        if len(values) - count - wrapped in trailing and all(
-            a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
-            for a, b in zip(copy, file.values, strict=True)
-        ):
+        if len(values) - count - wrapped in trailing and _same_arrays(copy, file.values):
             return count
+    # Written before the wrapper was built, while the wrapped optimizer held
+    # queued slots: the group copies only the wrapped optimizer's variables
+    # then (its step counter and rate); the queue is in the wrapped group.
+    count = WRAPPER_VARIABLES_BEFORE_BUILD
+    copy = values[count:]
+    if count in counts and 0 < len(copy) < wrapped and _same_arrays(copy, file.values[: len(copy)]):
+        return count
     raise ValueError(
         f"Cannot restore {_describe(wrapper)} from {source}: its group holds "
         f"{len(values)} entries, and they are not its own followed by a copy of the "
         f"{wrapped} entries of the optimizer it wraps (group "
         f"'{_keras_private.WRAPPED_CHILD}'): an entry is missing, extra, moved or "
         f"changed, so the file is damaged. Nothing was loaded into the optimizer. {FIX}"
+    )
+
+
+def _same_arrays(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    """Entry for entry the same dtype, shape and bytes."""
+    return len(a) == len(b) and all(
+        x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
+        for x, y in zip(a, b, strict=True)
     )
 
 
@@ -523,8 +552,19 @@ _EVENTS = itertools.count()
 
 
 def restore_started(state: AppliedRateState) -> None:
-    """A tf.train.Checkpoint restore into the optimizer begins (newer than queued loads)."""
+    """A tf.train.Checkpoint restore into the optimizer begins (newer than queued loads).
+
+    A plain checkpoint's slots stay with TensorFlow until ``build``: queued
+    loads older than it do not apply then. (A checkpoint of ours with a
+    manifest joins the queue instead, see ``restore_handled``.)
+    """
+    state.__dict__["_checkpoint_restored_before"] = state.__dict__.get("_checkpoint_restored", -1)
     state.__dict__["_checkpoint_restored"] = next(_EVENTS)
+
+
+def restore_handled(state: AppliedRateState) -> None:
+    """The checkpoint being restored was refused, or its state joined the queue."""
+    state.__dict__["_checkpoint_restored"] = state.__dict__.get("_checkpoint_restored_before", -1)
 
 
 def enqueue(
@@ -631,39 +671,39 @@ def apply_pending(optimizer: Any, state: AppliedRateState) -> tuple[Pending, Pla
     return pending, plan
 
 
-def state_to_save(
-    optimizer: Any, state: AppliedRateState
-) -> tuple[list[Any], _manifest.Manifest | None]:
-    """Everything a save writes for the optimizer: values (variables or arrays) and manifest.
+def values_to_save(optimizer: Any, state: AppliedRateState) -> list[Any]:
+    """What a save writes for the optimizer: its variables, then any queued slots."""
+    variables: list[Any] = optimizer._plain_variables()
+    pending = state.pending
+    return variables if pending is None else [*variables, *pending.slots]
 
-    An unbuilt optimizer's queued slots come after its own variables, with the
-    manifest of the file they came from; queued slots from a file without one
-    are written without one (the reader matches them by position, as Keras does).
+
+def manifest_to_save(optimizer: Any, state: AppliedRateState) -> _manifest.Manifest | None:
+    """The manifest a save writes next to ``values_to_save``.
+
+    Queued slots carry the manifest of the file they came from (their owners
+    are recorded there); queued slots from a file without one are written
+    without one (the reader matches them by position, as Keras does).
     """
     variables = optimizer._plain_variables()
     built_for = list(optimizer._trainable_variables) if optimizer.built else None
-    manifest: _manifest.Manifest | None = _manifest.describe(optimizer, variables, built_for)
-    pending = state.pending
+    manifest = _manifest.describe(optimizer, variables, built_for)
+    pending: Pending | None = state.pending
     if pending is None:
-        return variables, manifest
-    values: list[Any] = [*variables, *pending.slots]
+        return manifest
     if pending.manifest is None:
-        return values, None
-    assert manifest is not None
-    return values, pending.manifest.with_prefix(list(manifest.variables))
+        return None
+    return pending.manifest.with_prefix(list(manifest.variables))
 
 
 def save(optimizer: Any, state: AppliedRateState, store: Any) -> None:
-    """Replaces ``Optimizer.save_own_variables``, with nothing left behind."""
-    values, _ = state_to_save(optimizer, state)
-    for index, value in enumerate(_numpy_values(values)):
-        store[str(index)] = value
+    """Replaces ``Optimizer.save_own_variables``, with nothing left behind.
 
-
-def _numpy_values(values: list[Any]) -> list[np.ndarray]:
-    """Variables read on the host, queued arrays as they are."""
+    Each value is written as it is read: a save holds one variable's copy at a time.
+    """
     with _keras_private.eager_scope():
-        return [v if isinstance(v, np.ndarray) else np.array(host_array(v)) for v in values]
+        for index, value in enumerate(values_to_save(optimizer, state)):
+            store[str(index)] = value if isinstance(value, np.ndarray) else host_array(value)
 
 
 def pending_rate(state: AppliedRateState, update_count: Any) -> np.ndarray | None:

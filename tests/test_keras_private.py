@@ -322,7 +322,7 @@ def test_tensorflow_keeps_unbuilt_slots_by_position_with_their_values(tmp_path: 
 
     _keras_private.waiting_checkpoint_slots reads them there (positions, values
     through ``CheckpointPosition.value_tensors``) and drop_waiting_checkpoint_slots
-    marks them used (``matched_proto_ids``). Checked against TensorFlow 2.21.
+    forgets them (binding holders as restored). Checked against TensorFlow 2.21.
     """
     import tensorflow as tf
 
@@ -338,5 +338,5 @@ def test_tensorflow_keeps_unbuilt_slots_by_position_with_their_values(tmp_path: 
         "`_variables` positions changed"
     )
     np.testing.assert_array_equal(waiting[2], keras.ops.convert_to_numpy(plain.variables[2]))
-    _keras_private.drop_waiting_checkpoint_slots(target, adopted=True)
+    _keras_private.drop_waiting_checkpoint_slots(target)
     assert _keras_private.waiting_checkpoint_slots(target) == {}

@@ -253,3 +253,197 @@ def test_a_damaged_manifest_is_refused_naming_the_file(
             model.load_weights(path)
         for a, b in zip(optimizer_state(model.optimizer), before, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+# --- What an adversarial review broke (each case a user's real setup) -------------------------
+
+
+def _fit(model: Any, inputs: int = 6, outputs: int = 6) -> None:
+    x, y = make_data(12, inputs=inputs, outputs=outputs)
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)
+    sync(model)
+
+
+def _nested(seed: int = 0) -> Any:
+    """Two submodels whose layers share the name "dense": paths repeat after load_model."""
+    keras.utils.set_random_seed(seed)
+
+    def sub(name: str) -> Any:
+        return keras.Sequential([keras.Input((6,)), keras.layers.Dense(6, name="dense")], name=name)
+
+    inputs = keras.Input((6,))
+    return keras.Model(inputs, sub("b")(sub("a")(inputs)), name="outer")
+
+
+@pytest.mark.parametrize("built", [True, False])
+def test_repeated_variable_paths_restore_in_order(tmp_path: Path, built: bool) -> None:
+    """Submodels with layers of the same name: every slot restored, as Keras built them."""
+    source = keras.models.load_model(_save_nested(tmp_path), compile=False)
+    assert len({v.path for v in source.trainable_variables}) == 2  # "dense/kernel" twice
+    source.compile(introspect_opt.IntrospectableAdam(0.01), loss="mse")
+    _fit(source)
+    source.save_weights(tmp_path / "dup.weights.h5")
+    target = keras.models.load_model(_save_nested(tmp_path), compile=False)
+    target.compile(introspect_opt.IntrospectableAdam(0.01), loss="mse")
+    if built:
+        target.optimizer.build(target.trainable_variables)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        target.load_weights(tmp_path / "dup.weights.h5")
+    target.optimizer.build(target.trainable_variables)
+    for a, b in zip(
+        optimizer_state(target.optimizer), optimizer_state(source.optimizer), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def _save_nested(tmp_path: Path) -> Path:
+    path = tmp_path / "nested.keras"
+    if not path.exists():
+        model = _nested()
+        model.compile(introspect_opt.IntrospectableAdam(0.01), loss="mse")
+        model.save(path)
+    return path
+
+
+def _three(frozen: int) -> Any:
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((6,))] + [keras.layers.Dense(6, name=n) for n in "abc"], name="seq"
+    )
+    model.layers[frozen].trainable = False
+    return model
+
+
+@pytest.mark.parametrize("built", [True, False])
+def test_state_for_a_layer_frozen_since_is_refused_not_misplaced(
+    tmp_path: Path, built: bool
+) -> None:
+    """Written training b and c, loaded training a and b (same shapes): refused, not shifted."""
+    writer = _three(frozen=0)
+    writer.compile(introspect_opt.IntrospectableAdam(0.01), loss="mse")
+    _fit(writer)
+    writer.save_weights(tmp_path / "shift.weights.h5")
+    target = _three(frozen=2)
+    target.compile(introspect_opt.IntrospectableAdam(0.01), loss="mse")
+    if built:
+        target.optimizer.build(target.trainable_variables)
+    with pytest.raises(ValueError, match=r"seq/c/kernel.*not among.*state would be lost"):
+        target.load_weights(tmp_path / "shift.weights.h5")
+        target.optimizer.build(target.trainable_variables)
+
+
+@pytest.mark.parametrize("name", ["Adafactor", "Adam"])
+def test_unfreeze_opens_for_factored_slots_too(tmp_path: Path, name: str) -> None:
+    """Adafactor's factored slots (named like their variable) follow their variable on unfreeze."""
+    model = _three(frozen=0)
+    model.compile(getattr(introspect_opt, f"Introspectable{name}")(0.01), loss="mse")
+    _fit(model)
+    trained = [v for v in model.optimizer.variables if np.asarray(v).any()]
+    model.layers[0].trainable = True
+    model.save(tmp_path / "unfrozen.keras")
+    with pytest.warns(UserWarning, match=r"no optimizer state for 2 variables.*a/bias, a/kernel"):
+        loaded = keras.models.load_model(tmp_path / "unfrozen.keras")
+    # The unfrozen layer's slots start at zero; every other one is restored, in order.
+    nonzero = [np.asarray(v) for v in loaded.optimizer.variables if np.asarray(v).any()]
+    assert len(nonzero) == len(trained)
+    for got, want in zip(nonzero, trained, strict=True):
+        np.testing.assert_array_equal(got, np.asarray(want))
+
+
+@pytest.mark.tf_only
+@pytest.mark.parametrize("queued", [True, False])
+def test_a_refused_checkpoint_changes_nothing_queue_and_cache_included(
+    written: dict[str, Any], tmp_path: Path, queued: bool
+) -> None:
+    """An Adagrad checkpoint refused by an unbuilt SGD: no rate leaks, a queued load applies."""
+    import tensorflow as tf
+
+    other = make_model(seed=5)
+    other.compile(introspect_opt.IntrospectableAdagrad(SCHEDULE), loss="mse")
+    _fit(other, inputs=8, outputs=1)
+    refused = tf.train.Checkpoint(optimizer=other.optimizer).write(str(tmp_path / "adagrad"))
+    model = make_model(seed=5)
+    model.compile(_writer(), loss="mse")
+    if queued:
+        model.load_weights(written["paths"]["weights.h5"])
+    before = bits(model.optimizer.current_learning_rate)
+    with pytest.raises(ValueError, match="written by a Adagrad optimizer"):
+        tf.train.Checkpoint(optimizer=model.optimizer).read(refused)
+    assert bits(model.optimizer.current_learning_rate) == before
+    model.optimizer.build(model.trainable_variables)
+    assert bits(model.optimizer.current_learning_rate) == before
+    if queued:
+        reference = written["model"].optimizer
+        for a, b in zip(optimizer_state(model.optimizer), optimizer_state(reference), strict=True):
+            np.testing.assert_array_equal(a, b)
+    else:
+        assert not any(np.asarray(v).any() for v in optimizer_state(model.optimizer)[1:])
+
+
+@pytest.mark.tf_only
+def test_a_checkpoint_that_fails_at_build_falls_back_to_the_queued_load(
+    written: dict[str, Any], tmp_path: Path
+) -> None:
+    """A queued file load, then a checkpoint for another model: build refuses it, keeps the file."""
+    import tensorflow as tf
+
+    big = make_model(seed=2, hidden=4)
+    big.compile(_writer(), loss="mse")
+    _fit(big, inputs=8, outputs=1)
+    path = tf.train.Checkpoint(optimizer=big.optimizer).write(str(tmp_path / "big"))
+    model = make_model(seed=5)
+    model.compile(_writer(), loss="mse")
+    model.load_weights(written["paths"]["weights.h5"])
+    tf.train.Checkpoint(optimizer=model.optimizer).read(path)
+    with pytest.raises(ValueError, match="not among"):
+        model.optimizer.build(model.trainable_variables)
+    reference = written["model"].optimizer
+    for a, b in zip(optimizer_state(model.optimizer), optimizer_state(reference), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_file_saved_while_queued_under_mixed_precision_loads_back(tmp_path: Path) -> None:
+    """mixed_float16: load into an unbuilt optimizer, save before build: the file opens again."""
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        writer = make_model()
+        writer.compile(_writer(), loss="mse")
+        _fit(writer, inputs=8, outputs=1)
+        writer.save_weights(tmp_path / "m.weights.h5")
+        middle = make_model(seed=4)
+        middle.compile(_writer(), loss="mse")
+        middle.load_weights(tmp_path / "m.weights.h5")  # queued
+        middle.save(tmp_path / "queued.keras")
+        loaded = keras.models.load_model(tmp_path / "queued.keras")
+        inner = loaded.optimizer.inner_optimizer
+        for a, b in zip(
+            optimizer_state(inner), optimizer_state(writer.optimizer.inner_optimizer), strict=True
+        ):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        keras.config.set_dtype_policy(policy)
+
+
+@pytest.mark.parametrize("damage", ["owners swapped", "roles swapped"])
+def test_a_manifest_whose_names_contradict_it_is_damage(
+    written: dict[str, Any], tmp_path: Path, damage: str
+) -> None:
+    """Self-consistent but wrong (owners or roles exchanged): refused, not loaded astray."""
+    path = tmp_path / "m.weights.h5"
+    path.write_bytes(Path(written["paths"]["weights.h5"]).read_bytes())
+    key = "optimizer/_introspection_state/vars/manifest"
+    with h5py.File(path, "r+") as f:
+        manifest = json.loads(bytes(f[key][()]).decode())
+        slots = [v for v in manifest["variables"] if v["owner"] is not None]
+        if damage == "owners swapped":
+            slots[0]["owner"], slots[2]["owner"] = slots[2]["owner"], slots[0]["owner"]
+        else:
+            slots[0]["role"] = "velocity"
+        del f[key]
+        f[key] = np.frombuffer(json.dumps(manifest).encode(), np.uint8)
+    model = make_model(seed=5)
+    model.compile(_writer(), loss="mse")
+    with pytest.raises(ValueError, match="contradict"):
+        model.load_weights(path)
