@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
 
+from . import _tf_keras_manifest as manifest
 from . import _tf_keras_persistence as persistence
 from . import _tf_keras_private as private
 from ._tf_keras_state import STATE_NAME, AppliedRateState
@@ -40,6 +41,8 @@ def _attach_state(optimizer: Any, rate_dtype: Any) -> AppliedRateState:
     """Creates the state next to the optimizer's own variables, as a named dependency."""
     with private.strategy_scope(optimizer):
         state = AppliedRateState(rate_dtype)
+    # Its checkpoint child that saves the manifest (a tracked attribute).
+    setattr(state, manifest.MANIFEST_CHILD, manifest.ManifestRecord(optimizer))
     # The new optimizer (an AutoTrackable) tracks attributes by name; the legacy
     # one (a plain Trackable) is told explicitly.
     optimizer.__dict__[STATE_NAME] = state
@@ -127,6 +130,7 @@ class _IntrospectionMixin(_Base):
         if private.is_restore_lookup(cached_dependencies):
             state = self.__dict__.get(STATE_NAME)
             if state is not None and name in self._introspect_step_children:
+                self._introspect_remember_before_restore(state)
                 state.forget()
             if self._introspect_prepare_restore():
                 cached_dependencies = None  # listed before some children existed
@@ -135,6 +139,27 @@ class _IntrospectionMixin(_Base):
     def _introspect_prepare_restore(self) -> bool:
         """Creates what a restore should find; True if the listed children may be stale."""
         return False
+
+    def _introspect_remember_before_restore(self, state: AppliedRateState) -> None:
+        """Keeps the cache as it was before this restore marks it stale (see refuse)."""
+        uid = private.restore_uid(self)
+        saved = self.__dict__.get("_introspect_rollback")
+        with tf.init_scope():
+            if tf.executing_eagerly() and (saved is None or saved[0] != uid):
+                self.__dict__["_introspect_rollback"] = (uid, state.values())
+
+    def _introspect_refuse_restore(self, uid: int) -> None:
+        """Undoes what checkpoint restore ``uid`` did before its manifest refused it."""
+        saved = self.__dict__.pop("_introspect_rollback", None)
+        state = self.__dict__.get(STATE_NAME)
+        if state is not None and saved is not None and saved[0] == uid:
+            state.assign_values(saved[1])
+        for trackable in (self, state):
+            private.drop_deferred_restores(trackable, uid)
+
+    def _introspect_accept_restore(self, uid: int) -> None:
+        """Checkpoint restore ``uid`` carries this optimizer's class and layout."""
+        self.__dict__.pop("_introspect_rollback", None)
 
     def set_weights(self, weights: Any) -> None:
         """Sets the optimizer's variables (``iterations`` first), all or nothing.
@@ -227,6 +252,65 @@ class NewIntrospectionMixin(_IntrospectionMixin):
     def _introspect_is_built(self) -> bool:
         return bool(getattr(self, "_built", False))
 
+    def build(self, var_list: Any) -> None:
+        """Creates the optimizer's variables for ``var_list``, as the tf_keras class does.
+
+        Also remembers ``var_list``: the manifest records which model variable
+        each slot belongs to (see ``_tf_keras_manifest``).
+
+        Args:
+            var_list: The model variables to create slots for.
+
+        Examples:
+            >>> import tensorflow as tf
+            >>> from introspect_opt.tf_keras import IntrospectableAdam
+            >>> opt = IntrospectableAdam()
+            >>> opt.build([tf.Variable([1.0, 2.0], name="w")])
+            >>> [v.name for v in opt.variables]
+            ['iteration:0', 'm/w:0', 'v/w:0']
+        """
+        if not self._introspect_is_built():
+            var_list = list(var_list)
+            manifest.record_built_for(self, var_list)
+        super().build(var_list)
+
+    def add_variable_from_reference(
+        self,
+        model_variable: Any,
+        variable_name: str,
+        shape: Any = None,
+        initial_value: Any = None,
+    ) -> Any:
+        """Creates a slot for ``model_variable``, as the tf_keras class does, and records it.
+
+        Args:
+            model_variable: The model variable the slot belongs to.
+            variable_name: The slot's role (``"m"``, ``"velocity"`` ...).
+            shape: The slot's shape; ``model_variable``'s by default.
+            initial_value: The slot's initial value; zeros by default.
+
+        Returns:
+            The slot variable.
+
+        Examples:
+            >>> import tensorflow as tf
+            >>> from introspect_opt.tf_keras import IntrospectableSGD
+            >>> opt = IntrospectableSGD()
+            >>> slot = opt.add_variable_from_reference(tf.Variable([1.0], name="w"), "extra")
+            >>> slot.name, slot.numpy().tolist()
+            ('extra/w:0', [0.0])
+        """
+        variable = super().add_variable_from_reference(
+            model_variable, variable_name, shape=shape, initial_value=initial_value
+        )
+        manifest.record_reference(self, variable, model_variable, variable_name)
+        return variable
+
+    def _introspect_refuse_restore(self, uid: int) -> None:
+        super()._introspect_refuse_restore(uid)
+        # Slots by position (`_variables/N`) that wait for `build`.
+        private.drop_deferred_restores(private.new_variable_list(self), uid)
+
     def save_own_variables(self, store: Any) -> None:
         """Saves the optimizer's state to a ``.keras`` / ``.weights.h5`` store.
 
@@ -314,8 +398,50 @@ class LegacyIntrospectionMixin(_IntrospectionMixin):
     def _create_all_weights(self, var_list: Any) -> None:
         # apply_gradients calls this on every update, under `tf.init_scope()`
         # and the optimizer's name scope, before anything reads the variables.
+        var_list = list(var_list)
+        manifest.record_built_for(self, var_list)
         super()._create_all_weights(var_list)
         self._introspect_state()
+
+    def _create_or_restore_slot_variable(
+        self,
+        slot_variable_position: Any,
+        slot_name: str,
+        variable: Any,
+        slot_variable_shape: Any = None,
+    ) -> Any:
+        # See _tf_keras_private.LEGACY_SLOT_RESTORE_HOOK: a restore creates the
+        # slots of an optimizer that has none yet, eagerly, while it walks the
+        # checkpoint, before the manifest is checked. Remember which, so that a
+        # refusal can remove them.
+        try:
+            self.get_slot(variable, slot_name)
+            existed = True
+        except KeyError:
+            existed = False
+        slot = super()._create_or_restore_slot_variable(
+            slot_variable_position, slot_name, variable, slot_variable_shape
+        )
+        if slot is not None and not existed:
+            uid = private.position_restore_uid(slot_variable_position)
+            created: tuple[int, list[Any]] | None = self.__dict__.get("_introspect_restored_slots")
+            if created is None or created[0] != uid:
+                created = self.__dict__["_introspect_restored_slots"] = (uid, [])
+            created[1].append((variable, slot_name, manifest.record_built_for(self, [variable])))
+        return slot
+
+    def _introspect_refuse_restore(self, uid: int) -> None:
+        super()._introspect_refuse_restore(uid)
+        private.legacy_drop_deferred_slot_restores(self, uid)
+        created = self.__dict__.pop("_introspect_restored_slots", None)
+        if created is not None and created[0] == uid:
+            for variable, slot_name, added in created[1]:
+                private.legacy_remove_slot(self, variable, slot_name)
+                manifest.forget_built_for(self, added)
+
+    def _introspect_accept_restore(self, uid: int) -> None:
+        super()._introspect_accept_restore(uid)
+        self.__dict__.pop("_introspect_restored_slots", None)
 
     def _introspect_create_counter_and_state(self) -> None:
         """Creates the step counter, hyperparameters and state, if missing (not the slots)."""

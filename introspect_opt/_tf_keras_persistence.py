@@ -14,7 +14,9 @@ Here every entry is read and checked first, then everything is assigned. The
 errors are ``RuntimeError``, so that the HDF5 loader cannot swallow them.
 The cached rate travels in ``.keras`` / ``.weights.h5`` files as a group of its
 own next to the optimizer's (``<optimizer path>/_introspection_state/vars``),
-which plain optimizers never read; formats that only hold the optimizer's own
+which plain optimizers never read, with the manifest (``_tf_keras_manifest``):
+a file another class or slot layout wrote is refused before anything else is
+checked; formats that only hold the optimizer's own
 variables (HDF5 model files, ``set_weights``) leave the cache stale, and the
 rate is then derived from the restored step counter.
 """
@@ -27,7 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from . import _tf_keras_manifest as manifest
 from . import _tf_keras_private as private
+from ._manifest import MANIFEST_KEY, Manifest
 from ._tf_keras_state import COUNT_KEY, RATE_KEY, STATE_KEYS, STATE_NAME, AppliedRateState
 
 _KEEP_STATE = (
@@ -36,10 +40,7 @@ _KEEP_STATE = (
 )
 
 
-def describe(optimizer: Any) -> str:
-    # The new optimizer has `name`; the legacy one only `_name`.
-    name = getattr(optimizer, "name", None) or getattr(optimizer, "_name", "?")
-    return f"{type(optimizer).__name__} '{name}'"
+describe = manifest.name
 
 
 def _kind(dtype: np.dtype[Any]) -> str | None:
@@ -207,17 +208,24 @@ def _wrapped_state_group(parent: Any, store: Any) -> Any:
     return group
 
 
-def _state_entries(store: Any, source: str) -> dict[str, np.ndarray] | None:
-    """The cached rate saved next to an optimizer's entries, validated; None if absent."""
+def _state_entries(store: Any, source: str) -> tuple[dict[str, np.ndarray] | None, Manifest | None]:
+    """The cached rate and manifest saved next to an optimizer's entries, validated.
+
+    None for what the file does not hold (a plain optimizer's file holds neither,
+    one of introspect-opt 0.2 no manifest).
+    """
     parent = private.h5_parent(store)
     if parent is None:
-        return None
+        return None, None
     group = _state_group(parent)
     if group is None:
         group = _wrapped_state_group(parent, store)
     if group is None:
-        return None
-    keys = sorted(group.keys())
+        return None, None
+    keys = sorted(k for k in group if k != MANIFEST_KEY)
+    recorded = None
+    if MANIFEST_KEY in group:
+        recorded = manifest.decode(_read(group[MANIFEST_KEY]), source)
     entries = {key: _read(group[key]) for key in keys}
     valid = (
         keys == sorted(STATE_KEYS)
@@ -233,7 +241,7 @@ def _state_entries(store: Any, source: str) -> dict[str, np.ndarray] | None:
             f"'{COUNT_KEY}', found {found}. Nothing was loaded into the optimizer. "
             "The file is damaged or was not written by introspect_opt. " + _KEEP_STATE
         )
-    return entries
+    return entries, recorded
 
 
 def save_keras_entries(optimizer: Any, store: Any) -> None:
@@ -244,6 +252,7 @@ def save_keras_entries(optimizer: Any, store: Any) -> None:
     group = parent.require_group(STATE_NAME).require_group("vars")
     for key, value in optimizer._introspect_state().values().items():
         group[key] = value
+    group[MANIFEST_KEY] = manifest.describe(optimizer).encode()
 
 
 def load_keras_entries(optimizer: Any, store: Any) -> None:
@@ -252,7 +261,10 @@ def load_keras_entries(optimizer: Any, store: Any) -> None:
     state: AppliedRateState = optimizer._introspect_state()
     variables = optimizer._introspect_plain_variables()
     keys = list(store.keys())
-    cached = _state_entries(store, source)
+    cached, recorded = _state_entries(store, source)
+    if recorded is not None:
+        # Identity first: another class or layout is refused, built or not.
+        manifest.check_identity(optimizer, recorded, source)
     if not keys:
         if cached is not None:
             raise RuntimeError(
@@ -279,6 +291,8 @@ def load_keras_entries(optimizer: Any, store: Any) -> None:
             "into the optimizer. The file is damaged or was not written by tf_keras. " + _KEEP_STATE
         )
     arrays = [_read(store[str(i)]) for i in range(len(keys))]
+    if recorded is not None:
+        manifest.check_recorded(optimizer, recorded, arrays, source)
     if len(arrays) == 1 < len(variables):
         # Saved before the optimizer was built (e.g. right after `compile`): only the
         # step counter. Fine if it never updated: its slots were the initial

@@ -240,3 +240,71 @@ def describe_store(store: Any) -> str:
         return f"'{filename}' ({where})"
     # A .keras archive: tf_keras opens the weights file inside it from memory.
     return f"the .keras archive's model.weights.h5 ({where})"
+
+
+# --- undoing a refused tf.train.Checkpoint restore --------------------------
+#
+# TensorFlow restores a checkpoint in two passes (restore.py,
+# ``_restore_descendants``): it first walks the object graph, binding each
+# checkpoint entry to an object (and keeping entries for objects that do not
+# exist yet in ``_deferred_dependencies``; for a legacy optimizer's slots, in
+# ``_deferred_slot_restorations``, or it creates them at once, eagerly, with
+# the checkpoint's value, ``_create_or_restore_slot_variable``), then restores
+# Python state, then assigns every variable. The manifest, Python state, is
+# checked between the two; a refusal undoes what the walk did. Every object
+# the walk reaches takes the restore's number in ``_update_uid``.
+LEGACY_SLOT_RESTORE_HOOK = "_create_or_restore_slot_variable"
+
+
+def restore_uid(trackable: Any) -> int:
+    """The number of the last checkpoint restore that reached ``trackable``."""
+    return int(trackable._update_uid)
+
+
+def position_restore_uid(position: Any) -> int:
+    """The number of the restore a checkpoint position belongs to."""
+    return int(position.checkpoint.restore_uid)
+
+
+def _drop_positions(waiting: dict[Any, Any], uid: int) -> None:
+    for name in list(waiting):
+        kept = [p for p in waiting[name] if p.checkpoint.restore_uid != uid]
+        if kept:
+            waiting[name] = kept
+        else:
+            del waiting[name]
+
+
+def drop_deferred_restores(trackable: Any, uid: int) -> None:
+    """Forgets the values restore ``uid`` keeps for children ``trackable`` does not have yet."""
+    waiting = getattr(trackable, "_deferred_dependencies", None)
+    if waiting:
+        _drop_positions(waiting, uid)
+
+
+def new_variable_list(optimizer: Any) -> Any:
+    """A new optimizer's variable list, the checkpoint child ``_variables`` (slots by position)."""
+    return getattr(optimizer, "_variables", None)
+
+
+def legacy_drop_deferred_slot_restores(optimizer: Any, uid: int) -> None:
+    """Forgets the slot values restore ``uid`` keeps for slots a legacy optimizer will create."""
+    for by_variable in getattr(optimizer, "_deferred_slot_restorations", {}).values():
+        _drop_positions(by_variable, uid)
+
+
+def legacy_remove_slot(optimizer: Any, variable: Any, slot_name: str) -> None:
+    """Removes a slot a refused restore created, as if it had never been created.
+
+    ``OptimizerV2.add_slot`` keeps it in ``_slots[<variable key>][slot_name]``,
+    appends it to ``_weights``, and its name to ``_slot_names`` (what
+    ``get_slot_names()`` returns) the first time.
+    """
+    key = _legacy_optimizer_module._var_key(variable)
+    slots = optimizer._slots.get(key, {})
+    slot = slots.pop(slot_name, None)
+    if not slots:
+        optimizer._slots.pop(key, None)
+    optimizer._weights[:] = [w for w in optimizer._weights if w is not slot]
+    if not any(slot_name in other for other in optimizer._slots.values()):
+        optimizer._slot_names[:] = [n for n in optimizer._slot_names if n != slot_name]

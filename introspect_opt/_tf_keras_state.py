@@ -36,6 +36,8 @@ STATE_KEYS = (RATE_KEY, COUNT_KEY)
 NO_UPDATE = -1
 # The attribute, checkpoint dependency and file group that hold the state.
 STATE_NAME = "_introspection_state"
+# The state's checkpoint child that saves the manifest (see _tf_keras_manifest).
+MANIFEST_CHILD = "_manifest"
 
 
 class AppliedRateState(tf.Module):
@@ -52,6 +54,15 @@ class AppliedRateState(tf.Module):
             self.update_count = tf.Variable(
                 tf.constant(NO_UPDATE, dtype=tf.int64), trainable=False, name=COUNT_KEY
             )
+
+    def _trackable_children(self, save_type: Any = "checkpoint", **kwargs: Any) -> Any:
+        children = super()._trackable_children(save_type, **kwargs)
+        if save_type != "savedmodel":
+            return children
+        # A SavedModel cannot hold Python state (TensorFlow warns at every save
+        # and load that it is not restored): its variables keep the positional
+        # checks, as files without a manifest.
+        return {name: child for name, child in children.items() if name != MANIFEST_CHILD}
 
     @property
     def rate_dtype(self) -> Any:

@@ -292,6 +292,7 @@ def test_keras_file_round_trip_keeps_class_config_and_cache(saved: Any) -> None:
         assert sorted(weights["optimizer/vars"]) == ["0", "1", "2", "3", "4"]
         assert sorted(weights["optimizer/_introspection_state/vars"]) == [
             "applied_learning_rate",
+            "manifest",
             "update_count",
         ]
 

@@ -7,7 +7,9 @@ Each test fails loudly when a release changes one of the names isolated in
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
+import pytest
 import tensorflow as tf
 import tf_keras
 from tfk_helpers import SCHEDULE, bits
@@ -106,3 +108,41 @@ def test_loss_scale_optimizer_classes_share_the_public_base() -> None:
         legacy, private.LossScaleOptimizer
     )
     assert isinstance(new, private.NewOptimizer) and isinstance(legacy, private.LegacyOptimizer)
+
+
+def test_checkpoint_restore_internals_a_refused_manifest_undoes(tmp_path: Path) -> None:
+    """What a restore leaves before the manifest is checked sits where the undo looks."""
+    params = inspect.signature(getattr(private.LegacyOptimizer, private.LEGACY_SLOT_RESTORE_HOOK))
+    assert list(params.parameters) == [
+        "self",
+        "slot_variable_position",
+        "slot_name",
+        "variable",
+        "slot_variable_shape",
+    ]
+    # Legacy: a restore into an optimizer without slots creates them at once.
+    w = tf.Variable([1.0, 2.0])
+    legacy = tf_keras.optimizers.legacy.SGD(0.1, momentum=0.9)
+    legacy.apply_gradients([(tf.ones(2), w)])
+    path = tf.train.Checkpoint(w=w, opt=legacy).write(str(tmp_path / "legacy" / "ck"))
+    w2 = tf.Variable([0.0, 0.0])
+    fresh = tf_keras.optimizers.legacy.SGD(0.1, momentum=0.9)
+    tf.train.Checkpoint(w=w2, opt=fresh).read(path)
+    assert private.restore_uid(fresh) > 0
+    assert isinstance(fresh._deferred_slot_restorations, dict)
+    slot = fresh.get_slot(w2, "momentum")
+    assert fresh.get_slot_names() == ["momentum"] and any(v is slot for v in fresh.weights)
+    private.legacy_remove_slot(fresh, w2, "momentum")
+    assert fresh.get_slot_names() == [] and not any(v is slot for v in fresh.weights)
+    with pytest.raises(KeyError):
+        fresh.get_slot(w2, "momentum")
+    # New: slots wait by position in `_variables` until build, tagged with the restore.
+    new = tf_keras.optimizers.SGD(0.1, momentum=0.9)
+    new.apply_gradients([(tf.ones(2), w)])
+    path = tf.train.Checkpoint(opt=new).write(str(tmp_path / "new" / "ck"))
+    unbuilt = tf_keras.optimizers.SGD(0.1, momentum=0.9)
+    tf.train.Checkpoint(opt=unbuilt).read(path)
+    waiting = private.new_variable_list(unbuilt)._deferred_dependencies
+    assert set(waiting) == {"1"}
+    private.drop_deferred_restores(private.new_variable_list(unbuilt), private.restore_uid(unbuilt))
+    assert not waiting
