@@ -154,6 +154,11 @@ def record_diagnostics(optimizer: Any) -> Any:
     strategy, one more all-reduce of the gradients. Weight updates stay
     bit-identical. ``LearningRateLogger(diagnostics=True)`` calls this for you.
 
+    On TensorFlow, a function that traced the update step before (``fit``'s
+    train function, say) does not record them until it is traced again: pass
+    the compiled model, and its train function is traced again at the next
+    ``fit``; given only the optimizer, a warning says so.
+
     Args:
         optimizer: An introspectable optimizer (or a ``LossScaleOptimizer``
             around one, or a compiled model).
@@ -174,7 +179,19 @@ def record_diagnostics(optimizer: Any) -> Any:
         {'gradient_norm': 1.0, 'update_norm': 0.5, 'update_to_weight_ratio': 0.1}
     """
     target = resolve_optimizer(optimizer, "record_diagnostics()")
-    target._ensure_introspection_state().enable(target, DIAGNOSTICS.name)
+    state = target._ensure_introspection_state()
+    if state.enable(target, DIAGNOSTICS.name) and state.traced:
+        if getattr(optimizer, "train_function", None) is not None:  # a compiled model
+            optimizer.make_train_function(force=True)
+        else:
+            warnings.warn(
+                f"record_diagnostics(): the update step of '{target.name}' was traced "
+                "into a tf.function before (e.g. by fit), which will not record "
+                "diagnostics until it is traced again. Pass the compiled model "
+                "instead (`record_diagnostics(model)`), or call "
+                "`model.make_train_function(force=True)`.",
+                stacklevel=2,
+            )
     return target
 
 

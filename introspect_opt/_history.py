@@ -13,16 +13,16 @@ from typing import Any, ClassVar
 import keras
 import numpy as np
 
-from . import _keras_private
+from . import _dormant, _keras_private
 from ._resolve import describe_optimizer, resolve_optimizer
 from ._state import (
+    COUNT_KEY,
     NO_UPDATE,
     AppliedRateState,
     Entries,
     Feature,
     Update,
     host_array,
-    make_variable,
     register_feature,
 )
 
@@ -36,15 +36,19 @@ class _History(Feature):
     # Cheap to keep, and what plots of a saved model show.
     created_by_files: ClassVar[bool] = True
 
+    def create_dormant(self, optimizer: Any, state: AppliedRateState) -> None:
+        rate_var, count_var = state.core()  # type: ignore[misc]
+        state.rate_history_updates = _dormant.make(optimizer, UPDATES_KEY, count_var.dtype, 1)
+        state.rate_history = _dormant.make(optimizer, RATES_KEY, rate_var.dtype, 1)
+
     def create(self, optimizer: Any, state: AppliedRateState, **options: Any) -> None:
         size = int(options["size"])
         rate_var, count_var = state.core()  # type: ignore[misc]
-        rates = make_variable(optimizer, RATES_KEY, np.zeros((size,), rate_var.dtype))
-        updates = make_variable(
-            optimizer, UPDATES_KEY, np.full((size,), NO_UPDATE, count_var.dtype)
-        )
-        state.rate_history_updates = updates
-        state.rate_history = rates  # the feature exists once its first key is set
+        updates = np.full((size,), NO_UPDATE, _numpy_dtype(count_var.dtype))
+        state.rate_history_updates = state.new_variable(optimizer, UPDATES_KEY, updates)
+        # The feature is on once its first key holds a value.
+        rates = np.zeros((size,), _numpy_dtype(rate_var.dtype))
+        state.rate_history = state.new_variable(optimizer, RATES_KEY, rates)
 
     def options_for(self, entries: Entries) -> dict[str, Any]:
         return {"size": len(entries[RATES_KEY])}
@@ -53,14 +57,22 @@ class _History(Feature):
         return None  # the size is in the checkpoint, unread until restored
 
     def after_update(self, optimizer: Any, state: AppliedRateState, update: Update) -> None:
-        ops = keras.ops
-        size = int(state.rate_history.shape[0])
-        slot = ops.mod(ops.subtract(update.count, 1), size)
-        here = ops.equal(ops.arange(size, dtype=update.count.dtype), slot)
-        state.rate_history.assign(ops.where(here, update.rate, state.rate_history.value))
-        state.rate_history_updates.assign(
-            ops.where(here, update.count, state.rate_history_updates.value)
-        )
+        rates, updates = state.rate_history, state.rate_history_updates
+
+        def write() -> None:
+            ops = keras.ops
+            count_dtype, rate_dtype = _numpy_dtype(updates.dtype), _numpy_dtype(rates.dtype)
+            size = ops.shape(rates)[0]  # a tensor for a dormant-capable buffer
+            count = ops.cast(update.count, count_dtype)
+            slot = ops.mod(ops.subtract(count, 1), ops.cast(size, count_dtype))
+            here = ops.equal(ops.arange(size, dtype=count_dtype), slot)
+            rates.assign(ops.where(here, ops.cast(update.rate, rate_dtype), _read(rates)))
+            updates.assign(ops.where(here, count, _read(updates)))
+
+        if _dormant.reshapable(rates):
+            _dormant.when_on(rates, write)
+        else:
+            write()
 
     def check(self, entries: Entries) -> str | None:
         rates, updates = entries[RATES_KEY], entries[UPDATES_KEY]
@@ -71,22 +83,62 @@ class _History(Feature):
                 f"({updates.dtype} update numbers), not two equal-length vectors "
                 "(at least one entry) with integer update numbers"
             )
-        return None
+        return _misplaced_updates(updates, entries.get(COUNT_KEY))
 
     def assign(self, optimizer: Any, state: AppliedRateState, entries: Entries | None) -> None:
         entries = entries or {}
         rates, updates = rebucket(
             entries.get(RATES_KEY),
             entries.get(UPDATES_KEY),
-            int(state.rate_history.shape[0]),
-            state.rate_history.dtype,
-            state.rate_history_updates.dtype,
+            len(host_array(state.rate_history)),
+            _numpy_dtype(state.rate_history.dtype),
+            _numpy_dtype(state.rate_history_updates.dtype),
         )
         state.rate_history.assign(rates)
         state.rate_history_updates.assign(updates)
 
 
 HISTORY = register_feature(_History())
+
+
+def _misplaced_updates(updates: np.ndarray, count: np.ndarray | None) -> str | None:
+    """Why a history's update numbers cannot be what an optimizer wrote, or None.
+
+    Update ``n`` is written to slot ``(n - 1) % size``, and ``n`` is at most
+    the file's ``update_count`` (the last update); an empty slot holds -1.
+    Checked before anything is assigned: a value that does not fit the
+    optimizer's counter (2**64 - 1 as uint64, say) would otherwise fail
+    halfway through the load.
+    """
+    limit = int(np.iinfo(np.int64).max)
+    if count is not None and count.shape == () and count.dtype.kind in "iu":
+        limit = min(limit, int(count))
+    size = len(updates)
+    wrong = [
+        (slot, value)
+        for slot, value in enumerate(updates.tolist())  # Python ints: exact for uint64
+        if value != NO_UPDATE and not (1 <= value <= limit and (value - 1) % size == slot)
+    ]
+    if not wrong:
+        return None
+    shown = ", ".join(f"slot {slot}: {value}" for slot, value in wrong[:4])
+    more = f" and {len(wrong) - 4} more" if len(wrong) > 4 else ""
+    return (
+        f"{UPDATES_KEY} holds update numbers no update wrote ({shown}{more}): each "
+        f"slot holds {NO_UPDATE} (empty) or the number n of an update, from 1 to the "
+        f"file's {COUNT_KEY} ({limit if limit >= 1 else 'no update yet'}), in slot "
+        f"(n - 1) % {size}"
+    )
+
+
+def _numpy_dtype(dtype: Any) -> str:
+    """A Keras, NumPy or TensorFlow dtype as a NumPy dtype name."""
+    return str(keras.backend.standardize_dtype(getattr(dtype, "name", dtype)))
+
+
+def _read(variable: Any) -> Any:
+    """A variable's value in a traced step (inside jax.jit a Keras variable is read explicitly)."""
+    return variable.value if isinstance(variable, keras.Variable) else variable
 
 
 def rebucket(
@@ -120,8 +172,8 @@ def check_size(size: Any, argument: str) -> int:
 
 def history_size(state: AppliedRateState) -> int:
     """The buffer's size (or the size asked for before build); 0 without one."""
-    if state.rate_history is not None:
-        return int(state.rate_history.shape[0])
+    if state.has(HISTORY.name):
+        return len(host_array(state.rate_history))
     return int(state.requested.options.get(HISTORY.name, {}).get("size", 0))
 
 
@@ -177,30 +229,31 @@ def keep_rate_history(optimizer: Any, size: int) -> Any:
 def resize(optimizer: Any, size: int) -> bool:
     """Gives the buffer ``size`` slots, keeping the newest entries.
 
-    Returns whether variables were created (functions traced with the old
-    buffer keep writing to it until retraced).
+    Returns whether new variables were created (functions traced with the
+    old buffer keep writing to it until retraced; a dormant-capable buffer,
+    see ``_dormant``, is the same variable resized).
     """
     state = optimizer._ensure_introspection_state()
     if not state.has_variables:
         state.requested.options[HISTORY.name] = {"size": size}
         return False
     old = None
-    if state.rate_history is not None:
-        if int(state.rate_history.shape[0]) == size:
+    if state.has(HISTORY.name):
+        if len(host_array(state.rate_history)) == size:
             return False
         old = (host_array(state.rate_history), host_array(state.rate_history_updates))
         state.drop(HISTORY.name)
-    state.enable(optimizer, HISTORY.name, size=size)
+    created = state.enable(optimizer, HISTORY.name, size=size)
     if old is not None:
         with _keras_private.eager_scope():
             HISTORY.assign(optimizer, state, {RATES_KEY: old[0], UPDATES_KEY: old[1]})
-    return True
+    return bool(created)
 
 
 def recorded_rates(optimizer: Any) -> tuple[np.ndarray, np.ndarray]:
     """(update numbers, rates) in the buffer, oldest first; empty without one."""
     state = optimizer.__dict__.get("_introspection_state")
-    if state is None or state.rate_history is None:
+    if state is None or not state.has(HISTORY.name):
         return np.zeros((0,), "int64"), np.zeros((0,), "float32")
     rates = host_array(state.rate_history)
     updates = host_array(state.rate_history_updates).astype("int64")

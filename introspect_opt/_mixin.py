@@ -29,7 +29,7 @@ if keras.backend.backend() == "tensorflow":
     from . import _checkpoint
 else:
     _checkpoint = None  # type: ignore[assignment]
-from ._state import AppliedRateState, Update
+from ._state import AppliedRateState, Update, features
 
 if TYPE_CHECKING:
     from keras.optimizers import Optimizer as _OptimizerBase
@@ -173,9 +173,11 @@ class IntrospectableOptimizer(_OptimizerBase):
         # name; a class made by `introspectable()` is found through its base.
         return (_unpickle, (base, *reduced[1]))
 
-    @property
-    def variables(self) -> list[Any]:
-        return self._listed_variables()
+    if _LIST_CACHE_IN_VARIABLES:  # elsewhere Keras's own property lists the same
+
+        @property
+        def variables(self) -> list[Any]:
+            return self._listed_variables()
 
     def _check_wrapper_load(self, wrapper: Any, store: Any) -> None:
         """Checks a file before ``wrapper`` (a LossScaleOptimizer around this one) loads it.
@@ -196,6 +198,28 @@ class IntrospectableOptimizer(_OptimizerBase):
     def _plain_variables(self) -> list[Any]:
         """Exactly the variables of the plain Keras optimizer, in its order."""
         return list(super().variables)
+
+    def set_weights(self, weights: Any) -> None:
+        """Keras's ``set_weights``, which also takes the state ``variables`` lists.
+
+        Keras assigns ``weights`` to the plain optimizer's variables only (and
+        ignores any beyond them). On JAX ``optimizer.variables`` lists the
+        cached rate after those, so ``b.set_weights(a.variables)`` must assign
+        it too, or ``b`` would derive the rate instead of holding ``a``'s.
+        """
+        weights = list(weights)
+        plain = len(self._plain_variables())
+        listed = self._listed_variables()[plain:]
+        extra = weights[plain:] if len(weights) == plain + len(listed) else []
+        for variable, weight in zip(listed, extra, strict=False):
+            if tuple(variable.shape) != tuple(np.shape(weight)):
+                raise ValueError(
+                    f"Optimizer variable {variable.path} has shape {tuple(variable.shape)} "
+                    f"not compatible with provided weight shape {tuple(np.shape(weight))}."
+                )
+        super().set_weights(weights)
+        for variable, weight in zip(listed, extra, strict=False):
+            variable.assign(weight)
 
     def _ensure_introspection_state(self) -> AppliedRateState:
         """The state object, created on first need (build or load).
@@ -265,6 +289,12 @@ class IntrospectableOptimizer(_OptimizerBase):
             return ops.cond(cached, read_cache, derive)
         return read_cache() if bool(cached) else derive()  # only the branch needed
 
+    def get_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = super().get_config()
+        for feature in features():  # what they change in the optimizer stays out
+            feature.adjust_config(self, config)
+        return config
+
     def _derived_rate(self, update_count: Any) -> Any:
         """The rate the last update applied (or the first will), recomputed.
 
@@ -291,7 +321,9 @@ class IntrospectableOptimizer(_OptimizerBase):
             state.create_variables(self, rate_dtype(self, self.learning_rate))
         finally:
             self.__dict__["_introspect_building"] = False
-        _persistence.apply_pending(self, state)
+        applied = _persistence.apply_pending(self, state)
+        if applied is not None and _checkpoint is not None:
+            _checkpoint.applied(self, state, *applied)
 
     def apply(self, grads: Any, trainable_variables: Any = None) -> Any:
         # Before Keras changes anything (weight decay comes first).
@@ -304,7 +336,7 @@ class IntrospectableOptimizer(_OptimizerBase):
                 self.build(trainable_variables)
             self.built = True
         state = self.__dict__.get("_introspection_state")
-        if state is not None and state.active():
+        if state is not None and state.hooked():  # on or dormant (see _dormant)
             variables = (
                 self._trainable_variables if trainable_variables is None else trainable_variables
             )
@@ -340,7 +372,7 @@ class IntrospectableOptimizer(_OptimizerBase):
 
     def _manifest_to_save(self) -> Any:
         """The manifest a save writes next to the state (None: none fits, see _persistence)."""
-        return _persistence.state_to_save(self, self._ensure_introspection_state())[1]
+        return _persistence.manifest_to_save(self, self._ensure_introspection_state())
 
     if keras.backend.backend() == "tensorflow":
 
@@ -352,6 +384,7 @@ class IntrospectableOptimizer(_OptimizerBase):
             state = self._ensure_introspection_state()  # its manifest restores first
             children = super()._trackable_children(*args, **kwargs)
             if not args and not kwargs:  # restoring
+                _persistence.restore_started(state)
                 return children
             return _checkpoint.children_to_save(self, state, children)
 

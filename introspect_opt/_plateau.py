@@ -30,7 +30,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from . import _keras_private
+from . import _dormant, _keras_private
 from ._callbacks import is_integer, label, retrace
 from ._resolve import resolve_optimizer
 from ._state import (
@@ -38,7 +38,6 @@ from ._state import (
     Entries,
     Feature,
     host_float,
-    make_variable,
     register_feature,
 )
 
@@ -94,18 +93,23 @@ class ScaledLearningRate(keras.optimizers.schedules.LearningRateSchedule):
             rate = ops.convert_to_tensor(self.inner(step))
         else:
             rate = ops.convert_to_tensor(self.inner())
-        if self.variable is None:
-            scale = ops.convert_to_tensor(self.initial_multiplier, rate.dtype)
-        else:
-            scale = ops.cast(self.variable, rate.dtype)
-        # A multiply by exactly 1 can still change how XLA fuses the step; the
-        # select keeps the unscaled rate's bits, and weights bit-identical.
-        return ops.where(ops.equal(scale, 1), rate, ops.multiply(rate, scale))
+        variable = self.variable
+        if variable is None:
+            return _scaled(rate, ops.convert_to_tensor(self.initial_multiplier, rate.dtype))
+        if _dormant.reshapable(variable):
+            # Dormant (empty) until a multiplier is set or restored: the rate as is.
+            # (XLA compiles both branches for the variable's shape: the product
+            # of its elements is the scalar itself, and 1 while it is empty.)
+            def scaled() -> Any:
+                return _scaled(rate, ops.prod(ops.cast(variable, rate.dtype)))
+
+            return _dormant.when_on(variable, scaled, lambda: rate)
+        return _scaled(rate, ops.cast(variable, rate.dtype))
 
     @property
     def multiplier(self) -> float:
         """The multiplier now (the variable's value once bound)."""
-        return self.initial_multiplier if self.variable is None else host_float(self.variable)
+        return self.initial_multiplier if self.variable is None else _value(self.variable)
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -120,6 +124,19 @@ class ScaledLearningRate(keras.optimizers.schedules.LearningRateSchedule):
         return cls(**config)
 
 
+def _scaled(rate: Any, scale: Any) -> Any:
+    # A multiply by exactly 1 can still change how XLA fuses the step; the
+    # select keeps the unscaled rate's bits, and weights bit-identical.
+    return ops.where(ops.equal(scale, 1), rate, ops.multiply(rate, scale))
+
+
+def _value(variable: Any) -> float:
+    """A multiplier variable's value on the host; 1 while dormant (see _dormant)."""
+    if _dormant.reshapable(variable) and not _dormant.is_on(variable):
+        return 1.0
+    return host_float(variable)
+
+
 class _Multiplier(Feature):
     name = "multiplier"
     keys = (KEY,)
@@ -128,13 +145,36 @@ class _Multiplier(Feature):
 
     def wanted_by(self, optimizer: Any) -> dict[str, Any] | None:
         source = _keras_private.learning_rate_source(optimizer)
-        return {} if isinstance(source, ScaledLearningRate) else None
+        if not isinstance(source, ScaledLearningRate):
+            return None
+        # One that create_dormant bound stays dormant at multiplier 1.
+        dormant = _dormant.reshapable(source.variable) and source.initial_multiplier == 1.0
+        return None if dormant else {}
+
+    def adjust_config(self, optimizer: Any, config: dict[str, Any]) -> None:
+        # A wrapper at multiplier 1 (dormant at build, see _dormant, or not yet
+        # scaled) changes no rate: the config holds the rate as it was given.
+        source = _keras_private.learning_rate_source(optimizer)
+        if isinstance(source, ScaledLearningRate) and source.multiplier == 1.0:
+            config["learning_rate"] = keras.saving.serialize_keras_object(source.inner)
+
+    def create_dormant(self, optimizer: Any, state: AppliedRateState) -> None:
+        source = _keras_private.learning_rate_source(optimizer)
+        if isinstance(source, keras.Variable):
+            return  # a float rate is scaled in place: steps read it already
+        rate_var, _ = state.core()  # type: ignore[misc]
+        variable = _dormant.make(optimizer, KEY, rate_var.dtype, None)
+        state.learning_rate_multiplier = variable
+        if not isinstance(source, ScaledLearningRate):
+            source = ScaledLearningRate(source)
+            optimizer.learning_rate = source  # Keras's public setter
+        source.variable = variable
 
     def create(self, optimizer: Any, state: AppliedRateState, **options: Any) -> None:
         source = _keras_private.learning_rate_source(optimizer)
         initial = source.initial_multiplier if isinstance(source, ScaledLearningRate) else 1.0
         rate_var, _ = state.core()  # type: ignore[misc]
-        variable = make_variable(optimizer, KEY, np.asarray(initial, rate_var.dtype))
+        variable = state.new_variable(optimizer, KEY, np.asarray(initial, rate_var.dtype))
         state.learning_rate_multiplier = variable
         if isinstance(source, keras.Variable):
             return  # a float rate is scaled in place; the multiplier records it
@@ -143,14 +183,29 @@ class _Multiplier(Feature):
             optimizer.learning_rate = source  # Keras's public setter
         source.variable = variable
 
+    def queued(self, optimizer: Any, entries: Entries) -> None:
+        # Before the build: `learning_rate` shows the file's multiplier at once
+        # (a float rate arrives scaled in the rate variable itself).
+        source = _keras_private.learning_rate_source(optimizer)
+        if isinstance(source, keras.Variable):
+            return
+        value = float(entries[KEY])
+        if isinstance(source, ScaledLearningRate) and source.variable is None:
+            source.initial_multiplier = value
+        elif not isinstance(source, ScaledLearningRate):
+            optimizer.learning_rate = ScaledLearningRate(source, value)
+
     def assign(self, optimizer: Any, state: AppliedRateState, entries: Entries | None) -> None:
         # A file without a multiplier was written by an optimizer training at 1.
         state.learning_rate_multiplier.assign(1.0 if entries is None else entries[KEY])
 
     def check(self, entries: Entries) -> str | None:
         value = entries[KEY]
-        if value.shape != () or not np.isfinite(value) or value < 0:
-            return f"{KEY} is {value!r}, not a number >= 0"
+        # Finite in float32 too: a larger float64 would be assigned as inf.
+        with np.errstate(over="ignore"):
+            finite = value.shape == () and bool(np.isfinite(value.astype(np.float32)))
+        if not finite or value < 0:
+            return f"{KEY} is {value!r}, not a finite number >= 0"
         return None
 
 
@@ -185,7 +240,7 @@ def multiplier(optimizer: Any) -> float:
     state = optimizer.__dict__.get("_introspection_state")
     variable = None if state is None else state.learning_rate_multiplier
     if variable is not None:
-        return host_float(variable)
+        return _value(variable)
     source = _keras_private.learning_rate_source(optimizer)
     return source.multiplier if isinstance(source, ScaledLearningRate) else 1.0
 

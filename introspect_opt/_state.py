@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import keras
 import numpy as np
 
-from . import _keras_private
+from . import _dormant, _keras_private
+from ._manifest import MANIFEST_KEY
 
 RATE_KEY = "applied_learning_rate"
 COUNT_KEY = "update_count"
@@ -40,6 +41,9 @@ NO_UPDATE = -1
 # This state's entries as read from a file (validated), by name.
 Entries = dict[str, np.ndarray]
 
+# The variable types host_array reads with ``numpy()`` (none without TensorFlow).
+_TF_VARIABLES: tuple[Any, ...] = ()
+
 if TYPE_CHECKING or keras.backend.backend() != "tensorflow":
     _Trackable = object
 else:  # pragma: no branch - the TensorFlow backend is the one CI runs first.
@@ -48,6 +52,8 @@ else:  # pragma: no branch - the TensorFlow backend is the one CI runs first.
     # A tf.Module is tracked by name by tf.train.Checkpoint (including deferred
     # restoration into an optimizer that is built later).
     _Trackable = tf.Module
+    # tf.distribute variables (MirroredVariable, ...) are tf.Variable instances.
+    _TF_VARIABLES = (tf.Variable,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +81,13 @@ class Feature:
     Loading calls :meth:`check` on a file's entries before anything is
     assigned and :meth:`assign` after; ``None`` entries mean the file was
     written without the feature (by a plain optimizer, or with it off).
+
+    On TensorFlow a feature that files create may also create its variables
+    at build, dormant (:meth:`create_dormant`, see ``_dormant``): a step
+    traced before the feature is switched on then still updates it. Its
+    :meth:`create` switches them on with :meth:`AppliedRateState.new_variable`,
+    and its per-update hooks run for dormant variables too, each gating its
+    own work with ``_dormant.when_on``.
     """
 
     name: ClassVar[str]
@@ -87,9 +100,15 @@ class Feature:
         """Creates the feature's variables (called eagerly, in the strategy's scope)."""
         raise NotImplementedError
 
+    def create_dormant(self, optimizer: Any, state: AppliedRateState) -> None:
+        """Creates the feature's variables dormant at build (TensorFlow; default: none)."""
+
     def options_for(self, entries: Entries) -> dict[str, Any]:
         """The options to create the feature with, to hold a file's entries."""
         return {}
+
+    def adjust_config(self, optimizer: Any, config: dict[str, Any]) -> None:
+        """Edits ``optimizer.get_config()``'s result in place (default: nothing)."""
 
     def wanted_by(self, optimizer: Any) -> dict[str, Any] | None:
         """Options to create the feature with at build, when the optimizer needs it.
@@ -123,6 +142,12 @@ class Feature:
         return (
             f"{sorted(shapes)} have shapes {list(shapes.values())}, not scalars" if shapes else None
         )
+
+    def queued(self, optimizer: Any, entries: Entries) -> None:
+        """A file with this feature's entries was queued for an unbuilt optimizer.
+
+        For what must show before the build (the rate the next update uses).
+        """
 
     def assign(self, optimizer: Any, state: AppliedRateState, entries: Entries | None) -> None:
         """Restores the feature's variables from a file's entries (None: none)."""
@@ -195,6 +220,27 @@ class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
         self.__dict__["_lock"] = threading.RLock()
         # Core variables, published together once both exist.
         self.__dict__["_core"] = None
+        # Whether a TensorFlow function traced the update step: it keeps the
+        # variables it captured (see _dormant).
+        self.__dict__["traced"] = False
+
+    def attach_manifest_record(self, record: Any) -> None:
+        """Adds the checkpoint child that saves the manifest (TensorFlow; see _checkpoint)."""
+        self._manifest = record
+
+    def _trackable_children(self, *args: Any, **kwargs: Any) -> Any:
+        # The manifest first: TensorFlow restores children in the order a save
+        # listed them, and the manifest must refuse a checkpoint before the
+        # cached rate is assigned.
+        # A dormant variable (see _dormant) is no state: not saved, and not an
+        # object that a restore must match (_lookup_dependency still finds it).
+        children = {
+            name: child
+            for name, child in super()._trackable_children(*args, **kwargs).items()
+            if not (_dormant.reshapable(child) and not _dormant.is_on(child))
+        }
+        record = children.pop("_manifest", None)
+        return children if record is None else {"_manifest": record, **children}
 
     def _obj_type(self) -> str:
         # Only selects the attribute skip-list Keras uses while walking this
@@ -208,6 +254,8 @@ class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
         # (Only while restoring: TensorFlow passes the children it listed. A
         # lookup without them comes from tracking an attribute being set.)
         feature = next((f for f in features() if name in f.keys), None)
+        if feature is not None and _dormant.reshapable(getattr(self, name, None)):
+            return getattr(self, name)  # restored into, it is switched on
         owner = self.owner()
         if (
             cached_dependencies is not None
@@ -233,8 +281,15 @@ class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
         return self.__dict__["_core"]  # type: ignore[no-any-return]
 
     def has(self, feature: str) -> bool:
-        """Whether the variables of an opt-in feature exist."""
-        return getattr(self, _FEATURES[feature].keys[0], None) is not None
+        """Whether an opt-in feature is on: its variables exist, and hold values."""
+        variable = getattr(self, _FEATURES[feature].keys[0], None)
+        if variable is None:
+            return False
+        return not _dormant.reshapable(variable) or _dormant.is_on(variable)
+
+    def hooked(self) -> list[Feature]:
+        """The features whose variables exist, dormant or on: the step calls their hooks."""
+        return [f for f in features() if getattr(self, f.keys[0], None) is not None]
 
     def active(self) -> list[Feature]:
         return [f for f in features() if self.has(f.name)]
@@ -265,6 +320,10 @@ class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
             count = make_variable(optimizer, COUNT_KEY, np.full((), NO_UPDATE, counter.dtype))
             self.applied_learning_rate, self.update_count = rate, count
             self.__dict__["_core"] = (rate, count)  # readable from now on, both at once
+            if _dormant.SUPPORTED:
+                with _keras_private.eager_scope(), _keras_private.strategy_scope(optimizer):
+                    for feature in features() if _dormant.usable() else []:
+                        feature.create_dormant(optimizer, self)
             for feature in features():
                 options = feature.options_for_checkpoint()
                 waiting = _keras_private.checkpoint_waits_for(self, feature.keys[0])
@@ -283,45 +342,72 @@ class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
     def enable(self, optimizer: Any, name: str, **options: Any) -> bool:
         """Switches a feature on: the one way to do it.
 
-        Its variables are created now if the state's own exist, else when the
-        optimizer is built. Returns whether variables were created now (a
-        function traced before would not update them until retraced).
+        Its variables are created (or dormant ones switched on) now if the
+        state's own exist, else when the optimizer is built. Returns whether
+        new variables were created now (a function traced before would not
+        update them until retraced).
         """
         with self._lock:
             if self.has(name):
                 return False
             if self.has_variables:
-                self.create(optimizer, name, **options)
-                return True
+                return self.create(optimizer, name, **options)
             self.requested.options[name] = options
             return False
 
-    def create(self, optimizer: Any, name: str, **options: Any) -> None:
-        """Creates the variables of an opt-in feature now (once; eagerly)."""
+    def create(self, optimizer: Any, name: str, **options: Any) -> bool:
+        """Switches an opt-in feature on now (once; eagerly).
+
+        Returns whether that created new variables (False: dormant ones were
+        switched on, or the feature was on already).
+        """
         feature = _FEATURES[name]
         with self._lock:
             if self.has(name):
-                return
+                return False
+            before = getattr(self, feature.keys[0], None)
             with _keras_private.eager_scope(), _keras_private.strategy_scope(optimizer):
                 feature.create(optimizer, self, **options)
+            return getattr(self, feature.keys[0], None) is not before
+
+    def new_variable(self, optimizer: Any, key: str, initial: np.ndarray) -> Any:
+        """The variable for entry ``key`` holding ``initial``: the dormant one if any.
+
+        Called by :meth:`Feature.create` (eagerly, in the strategy's scope).
+        """
+        variable: Any = getattr(self, key, None)
+        if _dormant.reshapable(variable):
+            variable.assign(initial)
+            return variable
+        return make_variable(optimizer, key, initial)
 
     def drop(self, name: str) -> None:
-        """Forgets a feature's variables (to create them again, e.g. resized)."""
+        """Switches a feature off (to create it again, e.g. resized).
+
+        Dormant variables are emptied, so that steps traced before still
+        update the feature once it is switched on again.
+        """
         with self._lock:
             for key in _FEATURES[name].keys:
-                setattr(self, key, None)
+                variable = getattr(self, key, None)
+                if _dormant.reshapable(variable):
+                    _dormant.switch_off(variable)
+                else:
+                    setattr(self, key, None)
 
     # --- per update -----------------------------------------------------------
 
     def before_apply(self, optimizer: Any, gradients: list[Any], variables: list[Any]) -> None:
-        for feature in self.active():
+        for feature in self.hooked():
             feature.before_apply(optimizer, self, gradients, variables)
 
     def record(self, optimizer: Any, update: Update) -> None:
         """Writes the rate an update applied, then lets the features see it."""
         self.applied_learning_rate.assign(update.rate)
         self.update_count.assign(update.count)
-        for feature in self.active():
+        if _dormant.SUPPORTED and _keras_private.is_traced(update.count):
+            self.__dict__["traced"] = True
+        for feature in self.hooked():
             feature.after_update(optimizer, self, update)
 
     # --- files ------------------------------------------------------------------
@@ -333,6 +419,12 @@ class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
         names = list(CORE_KEYS) + [k for f in self.active() for k in f.keys]
         with _keras_private.eager_scope():
             return {name: host_array(getattr(self, name)) for name in names}
+
+    def preview_entries(self, optimizer: Any, entries: Entries | None) -> None:
+        """Shows what queued entries change before the build (see ``Feature.queued``)."""
+        for feature in features():
+            if entries and feature.keys[0] in entries:
+                feature.queued(optimizer, entries)
 
     def assign_entries(self, optimizer: Any, entries: Entries | None) -> None:
         """Restores this state from a file's validated entries (None: a plain file).
@@ -364,6 +456,10 @@ class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
             entries = self.pending.entries
         for key, value in (entries or {}).items():
             store[key] = value
+        owner = self.owner()
+        manifest = None if owner is None else owner._manifest_to_save()
+        if manifest is not None:
+            store[MANIFEST_KEY] = manifest.encode()
 
     def load_own_variables(self, store: Any) -> None:
         pass  # read by the owning optimizer, see _persistence.read_file
@@ -386,9 +482,20 @@ def host_array(value: Any) -> np.ndarray:
     ``keras.ops.convert_to_numpy`` spends a tenth of a millisecond on checks
     per call, several times the read itself, and loggers read several values
     per interval.
+
+    TensorFlow variables are read with ``numpy()``, the one read that works for
+    every kind in every context: inside ``strategy.scope()`` (cross-replica
+    context) NumPy finds a ``tf.distribute`` variable's ``__array__`` on the
+    tensor the strategy reads there, which returns a NumPy scalar for a
+    rank-0 variable, and ``np.asarray`` (``keras.ops.convert_to_numpy`` too)
+    fails with "object __array__ method not producing an array". ``numpy()``
+    reads the local copy (identical on every replica of a mirrored variable;
+    no collective, so one worker may read alone).
     """
     if isinstance(value, keras.Variable):
         value = value.value
+    if isinstance(value, _TF_VARIABLES):
+        return np.asarray(value.numpy())
     try:
         return np.asarray(value)
     except (TypeError, ValueError, RuntimeError):  # e.g. a distributed variable

@@ -26,6 +26,7 @@ from test_distributed import mirrored_strategy
 
 import introspect_opt
 from introspect_opt import IntrospectableSGD
+from introspect_opt._dormant import GATE_NAME
 
 pytestmark = pytest.mark.tf_only
 
@@ -59,6 +60,9 @@ _CALL_OPS = {"StatefulPartitionedCall": ("f",), "PartitionedCall": ("f",)}
 _LOOP_OPS = {"While": ("body", "cond"), "StatelessWhile": ("body", "cond")}
 _BRANCH_OPS = {"If": ("then_branch", "else_branch"), "StatelessIf": ("then_branch", "else_branch")}
 _WRITE_OPS = {"AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp"}
+# What a dormant feature's gate adds to a step: its variable's size (a shape
+# read, on the host), compared with 0, and the tf.cond.
+DORMANT_GATE_OPS = frozenset({"Size", "Greater", "If"})
 
 
 def _string_typed(node: Any) -> bool:
@@ -78,66 +82,83 @@ def _string_typed(node: Any) -> bool:
 
 
 class _GraphReport:
-    """Every op of a concrete function, nested functions included, and what it writes."""
+    """Every op of a concrete function, nested functions included, and what it writes.
+
+    The branch that a dormant feature's gate (``_dormant.when_on``) takes once
+    the feature is switched on is reported apart (``gated_*``): a dormant
+    feature's step runs its other branch, which does nothing.
+    """
 
     def __init__(self, concrete: Any) -> None:
         graph_def = concrete.graph.as_graph_def()
         self.library = {f.signature.name: f for f in graph_def.library.function}
         self.op_types: set[str] = set()
+        self.gated_op_types: set[str] = set()
         self.string_ops: set[str] = set()
         # Variable handle ids (captured by the outer graph) that some op assigns.
         self.written: set[int] = set()
+        self.gated_written: set[int] = set()
         self.assign_count = 0
+        self.gated_assign_count = 0
         captured = {inner.op.name: id(outer) for outer, inner in concrete.graph.captures}
         self._walk(list(graph_def.node), captured, set())
 
-    def _walk(self, nodes: list[Any], resources: dict[str, int], seen: set[str]) -> None:
+    def _walk(
+        self, nodes: list[Any], resources: dict[str, int], seen: set[str], gated: bool = False
+    ) -> None:
         def resolve(name: str) -> int | None:
             return resources.get(name.split(":")[0])
 
         for node in nodes:
-            self.op_types.add(node.op)
+            (self.gated_op_types if gated else self.op_types).add(node.op)
             if _string_typed(node):
                 self.string_ops.add(node.op)
             inputs = [i for i in node.input if not i.startswith("^")]
             if node.op in _WRITE_OPS:
-                self.assign_count += 1
                 target = resolve(inputs[0])
+                if gated:
+                    self.gated_assign_count += 1
+                else:
+                    self.assign_count += 1
                 if target is not None:
-                    self.written.add(target)
+                    (self.gated_written if gated else self.written).add(target)
             elif node.op == "Identity" and inputs and resolve(inputs[0]) is not None:
                 resources[node.name] = resolve(inputs[0])  # type: ignore[assignment]
-            callees: list[tuple[str, list[str]]] = []
+            callees: list[tuple[str, list[str], bool]] = []
             if node.op in _CALL_OPS or node.op in _LOOP_OPS:
                 for attr in (_CALL_OPS | _LOOP_OPS)[node.op]:
-                    callees.append((node.attr[attr].func.name, inputs))
+                    callees.append((node.attr[attr].func.name, inputs, gated))
             elif node.op in _BRANCH_OPS:
+                gate = GATE_NAME in node.name
                 for attr in _BRANCH_OPS[node.op]:
-                    callees.append((node.attr[attr].func.name, inputs[1:]))
+                    on_branch = gate and attr == "then_branch"
+                    callees.append((node.attr[attr].func.name, inputs[1:], gated or on_branch))
             elif node.op in self.library:
-                callees.append((node.op, inputs))
-            for name, args in callees:
+                callees.append((node.op, inputs, gated))
+            for name, args, in_gate in callees:
                 function = self.library[name]
                 inner = {
                     arg.name: resolve(value)
                     for arg, value in zip(function.signature.input_arg, args, strict=False)
                     if resolve(value) is not None
                 }
-                key = f"{name}:{sorted(inner.items())}"
+                key = f"{name}:{in_gate}:{sorted(inner.items())}"
                 if key not in seen:
                     seen.add(key)
-                    self._walk(list(function.node_def), inner, seen)  # type: ignore[arg-type]
+                    self._walk(list(function.node_def), inner, seen, in_gate)  # type: ignore[arg-type]
 
 
 def _handles(variable: Any) -> set[int]:
-    """Ids of the resource handles behind a Keras variable (one per replica)."""
-    value = variable.value
+    """Ids of the resource handles behind a variable (one per replica)."""
+    value = variable.value if isinstance(variable, keras.Variable) else variable
     components = getattr(value, "values", (value,))
     return {id(component.handle) for component in components}
 
 
 def _assert_device_ready(report: _GraphReport, optimizer: Any) -> None:
-    assert not report.op_types & HOST_ONLY_OPS, sorted(report.op_types & HOST_ONLY_OPS)
+    # XLA and TPUs compile both branches of a gate: the gated ones count too.
+    every = report.op_types | report.gated_op_types
+    assert not every & HOST_ONLY_OPS, sorted(every & HOST_ONLY_OPS)
     assert not report.string_ops, sorted(report.string_ops)
     # Not vacuous: the walk reached the update, and the update writes the cache.
     state = optimizer._introspection_state
@@ -188,12 +209,24 @@ def _fit_graph(
 def test_fit_train_function_is_device_ready(
     jit_compile: Any, steps_per_execution: int, replicas: int
 ) -> None:
-    """The step fit traces: no host-only or string op, no op type plain SGD lacks, cache written."""
+    """The step fit traces: no host-only or string op, no op type plain SGD lacks, cache written.
+
+    Besides, only the gates of the dormant features (see ``_dormant``): the
+    size of a dormant variable, compared with 0, picks a branch that does
+    nothing; the branch that writes a feature runs once one is switched on.
+    """
     model, ours = _fit_graph(IntrospectableSGD, jit_compile, steps_per_execution, replicas)
     _, plain = _fit_graph(keras.optimizers.SGD, jit_compile, steps_per_execution, replicas)
     _assert_device_ready(ours, model.optimizer)
-    assert ours.op_types <= plain.op_types, sorted(ours.op_types - plain.op_types)
+    extra = ours.op_types - plain.op_types
+    assert extra <= DORMANT_GATE_OPS, sorted(extra - DORMANT_GATE_OPS)
     assert ours.assign_count == plain.assign_count + 2 * replicas  # rate and count, per replica
+    # Not vacuous: the dormant rate history is written, but only behind its gate.
+    state = model.optimizer._introspection_state
+    history = set().union(*(_handles(v) for v in (state.rate_history, state.rate_history_updates)))
+    assert history <= ours.gated_written
+    assert not history & ours.written
+    assert introspect_opt.rate_history(model)[0].size == 0  # and stays dormant
 
 
 @pytest.mark.parametrize(
@@ -211,10 +244,13 @@ def test_opt_in_extras_are_device_ready(opt_in: Any, jit_compile: bool, replicas
     model, report = _fit_graph(IntrospectableSGD, jit_compile, 1, replicas, opt_in)
     _assert_device_ready(report, model.optimizer)
     state = model.optimizer._introspection_state
-    plain_step = [*model.trainable_variables, *model.optimizer._plain_variables()]
-    plain_step += [state.applied_learning_rate, state.update_count]
-    known = set().union(*(_handles(v) for v in plain_step))
-    assert report.written - known  # the extra's own state is written in the step
+    # The extra's own state is written in the step (the rate history behind
+    # its dormant gate, see _dormant; diagnostics unconditionally).
+    names = ("rate_history", "rate_history_updates", *introspect_opt._diagnostics.KEYS)
+    own = [getattr(state, name) for name in names if getattr(state, name) is not None]
+    written = report.written | report.gated_written
+    assert own
+    assert set().union(*(_handles(v) for v in own)) <= written
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
