@@ -59,19 +59,25 @@ def make(optimizer: Any, name: str, dtype: Any, rank: int | None) -> Any:
     Call it eagerly, in the optimizer's strategy scope (``AppliedRateState.create``).
     """
     shape = tf.TensorShape(None if rank is None else [None] * rank)
+    # Under MultiWorkerMirroredStrategy: created with one element, then emptied.
+    # It broadcasts initial values, and TensorFlow 2.21 crashes (SIGSEGV)
+    # broadcasting an empty one; emptying writes each copy in place. Elsewhere
+    # created empty: no assignment (an update's build runs inside `apply`,
+    # where Keras's own tests forbid direct variable assignments).
+    multi_worker = isinstance(
+        tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy
+    )
     with keras.name_scope(optimizer.name, caller=optimizer):
-        # Created with one element, then emptied: MultiWorkerMirroredStrategy
-        # broadcasts initial values, and TensorFlow 2.21 crashes (SIGSEGV)
-        # broadcasting an empty one. Emptying writes each copy in place.
         variable = tf.Variable(
-            np.zeros((1,), dtype=keras.backend.standardize_dtype(dtype)),
+            np.zeros((1,) if multi_worker else (0,), dtype=keras.backend.standardize_dtype(dtype)),
             shape=shape,
             trainable=False,
             name=name,
             synchronization=tf.VariableSynchronization.ON_READ,
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         )
-    switch_off(variable)
+    if multi_worker:
+        switch_off(variable)
     return variable
 
 

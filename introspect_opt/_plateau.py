@@ -162,6 +162,12 @@ class _Multiplier(Feature):
         source = _keras_private.learning_rate_source(optimizer)
         if isinstance(source, keras.Variable):
             return  # a float rate is scaled in place: steps read it already
+        if not isinstance(source, ScaledLearningRate):
+            # Wrapping a plain schedule behind a dormant gate changes how
+            # TensorFlow fuses the step (weights then differ from plain SGD's in
+            # the last bit, measured): bit-identity first. A multiplier loaded
+            # after the step was traced acts once the step is traced again.
+            return
         rate_var, _ = state.core()  # type: ignore[misc]
         variable = _dormant.make(optimizer, KEY, rate_var.dtype, None)
         state.learning_rate_multiplier = variable

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # The benchmark, like the overhead one (tests/test_examples.py), is written for
 # the TensorFlow backend.
-pytestmark = pytest.mark.tf_only
+pytestmark = [pytest.mark.tf_only, pytest.mark.extended]  # .ci/run: `pytest -m extended`
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from helpers import KERAS_OPTIMIZERS
 
 import introspect_opt
 
+pytestmark = pytest.mark.extended  # .ci/run: `pytest -m extended`
 TF = keras.backend.backend() == "tensorflow"
 SCHEDULE = keras.optimizers.schedules.ExponentialDecay(0.05, decay_steps=1, decay_rate=0.9)
 LOADS = ["file", "checkpoint"] if TF else ["file"]

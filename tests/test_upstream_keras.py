@@ -104,7 +104,10 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "support.md"
 
 # Each test that reads the run's report is slow (the run: 15-55 s of CPU).
 slow = pytest.mark.slow
-pytestmark = pytest.mark.skipif(not UPSTREAM_FILES, reason=f"no *_test.py files in {UPSTREAM_DIR}")
+pytestmark = [
+    pytest.mark.extended,  # .ci/run: `pytest -m extended`
+    pytest.mark.skipif(not UPSTREAM_FILES, reason=f"no *_test.py files in {UPSTREAM_DIR}"),
+]
 
 
 def _applies(backends: frozenset[str]) -> bool:
