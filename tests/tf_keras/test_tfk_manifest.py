@@ -144,6 +144,10 @@ def _load(model: Any, fmt: str, path: Any) -> None:
 @pytest.fixture(scope="module")
 def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Each writer after two updates, saved in every format of its family."""
+    # A module fixture runs before the per-test reset (conftest): a policy an
+    # earlier test on this xdist worker left behind must not reach the writers.
+    tf_keras.mixed_precision.set_global_policy("float32")
+    tf_keras.backend.clear_session()
     out = {}
     for key, (factory, family) in WRITERS.items():
         folder = tmp_path_factory.mktemp(key.replace(" ", "_"))
