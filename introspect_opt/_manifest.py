@@ -31,6 +31,7 @@ import dataclasses
 import json
 import re
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -189,17 +190,8 @@ def layout(optimizer: Any) -> tuple[tuple[Any, ...], ...] | None:
     adds. None where the optimizer cannot be rebuilt from its config (a
     learning-rate callable that does not serialize).
     """
-    base = type(optimizer)._introspect_base
-    try:
-        config = optimizer.get_config()
-        key = (base, json.dumps(config, sort_keys=True, default=repr))
-    except Exception:  # a config that does not serialize: no layout to compare
-        return None
-    with _LAYOUTS_LOCK:
-        if key in _LAYOUTS:
-            return _LAYOUTS[key]
-    result: tuple[tuple[Any, ...], ...] | None
-    try:
+
+    def derive(base: Any, config: dict[str, Any]) -> tuple[tuple[Any, ...], ...]:
         # An explicit name: Keras numbers only the names it chooses, so the
         # probe does not shift the default names of the user's optimizers.
         with _keras_private.eager_scope():
@@ -212,10 +204,32 @@ def layout(optimizer: Any) -> tuple[tuple[Any, ...], ...] | None:
             before = len(copy.variables)
             copy.build(scratch)
             created = list(copy.variables)[before:]
-        result = tuple(
-            (s.role, s.owner, list(s.shape), s.dtype) for s in attribute(created, scratch)
-        )
-    except Exception:  # any failure: the layout stays unknown (class still compared)
+        return tuple((s.role, s.owner, list(s.shape), s.dtype) for s in attribute(created, scratch))
+
+    return cached_layout(optimizer, derive)
+
+
+def cached_layout(
+    optimizer: Any, derive: Callable[[Any, dict[str, Any]], tuple[tuple[Any, ...], ...]]
+) -> tuple[tuple[Any, ...], ...] | None:
+    """``derive(base class, config)``, once per class and configuration (both Keras worlds).
+
+    None where the config does not serialize or the derivation fails (a
+    learning-rate callable that does not serialize): the class is still compared.
+    """
+    base = type(optimizer)._introspect_base
+    try:
+        config = optimizer.get_config()
+        key = (base, json.dumps(config, sort_keys=True, default=repr))
+    except Exception:  # a config that does not serialize: no layout to compare
+        return None
+    with _LAYOUTS_LOCK:
+        if key in _LAYOUTS:
+            return _LAYOUTS[key]
+    result: tuple[tuple[Any, ...], ...] | None
+    try:
+        result = derive(base, config)
+    except Exception:  # any failure: the layout stays unknown (the class is still compared)
         result = None
     with _LAYOUTS_LOCK:
         _LAYOUTS[key] = result

@@ -36,7 +36,6 @@ checks.
 from __future__ import annotations
 
 import json
-import threading
 import weakref
 from typing import Any
 
@@ -169,10 +168,6 @@ def record_reference(optimizer: Any, variable: Any, model_variable: Any, role: s
     )
 
 
-_LAYOUTS: dict[tuple[type, str], tuple[tuple[Any, ...], ...] | None] = {}
-_LAYOUTS_LOCK = threading.Lock()
-
-
 def layout(optimizer: Any) -> tuple[tuple[Any, ...], ...] | None:
     """What a build of this optimizer's class and config creates, per scratch variable.
 
@@ -180,17 +175,8 @@ def layout(optimizer: Any) -> tuple[tuple[Any, ...], ...] | None:
     strategy, nothing left behind), once per class and config. None where the
     optimizer cannot be rebuilt from its config.
     """
-    base = type(optimizer)._introspect_base
-    try:
-        config = optimizer.get_config()
-        key = (base, json.dumps(config, sort_keys=True, default=repr))
-    except Exception:  # a config that does not serialize: no layout to compare
-        return None
-    with _LAYOUTS_LOCK:
-        if key in _LAYOUTS:
-            return _LAYOUTS[key]
-    result: tuple[tuple[Any, ...], ...] | None
-    try:
+
+    def derive(base: Any, config: dict[str, Any]) -> tuple[tuple[Any, ...], ...]:
         with tf.Graph().as_default():
             copy = base.from_config({**config, "name": _PROBE_NAME})
             scratch = [
@@ -204,12 +190,9 @@ def layout(optimizer: Any) -> tuple[tuple[Any, ...], ...] | None:
                 before = len(copy.variables)
                 copy.build(scratch)
                 slots = attribute(copy, list(copy.variables)[before:], scratch)
-        result = tuple((s.role, s.owner, list(s.shape), s.dtype) for s in slots)
-    except Exception:  # any failure: the layout stays unknown (the class is still compared)
-        result = None
-    with _LAYOUTS_LOCK:
-        _LAYOUTS[key] = result
-    return result
+        return tuple((s.role, s.owner, list(s.shape), s.dtype) for s in slots)
+
+    return _manifest.cached_layout(optimizer, derive)
 
 
 def describe(optimizer: Any) -> Manifest:
