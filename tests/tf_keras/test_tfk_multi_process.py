@@ -127,8 +127,13 @@ def test_parameter_server_fit_through_the_coordinator(tmp_path: Path) -> None:
         # fit waits for every scheduled step at the end of an epoch: none lost.
         iterations = row["iterations"]
         assert iterations == steps_per_epoch * (epoch + 1)
-        # Asynchronous steps: the cache holds the rate of one of the last steps
-        # (with 2 workers, at most 2 run at once), read as a snapshot.
+        # Asynchronous steps: every step assigns tf_keras's shared
+        # `_current_learning_rate` at its start and its update reads it later,
+        # so the last update to finish can carry the rate of a step that
+        # started several steps earlier (seen in CI: 4 behind). What holds:
+        # the public read is the cached value, and both the rate and the
+        # count belong to a step of this epoch.
         assert row["applied"] == row["cached_rate"]
-        assert row["cached_rate"] in schedule[iterations - 3 : iterations]
-        assert iterations - 2 < row["cached_update"] <= iterations
+        this_epoch = schedule[iterations - steps_per_epoch : iterations]
+        assert row["cached_rate"] in this_epoch, (row, this_epoch)
+        assert iterations - steps_per_epoch < row["cached_update"] <= iterations, row
