@@ -1,141 +1,131 @@
-"""introspect-opt: the learning rate your Keras optimizer actually applied."""
+"""introspect-opt: the learning rate your Keras optimizer actually applied.
 
-import os as _os
-import sys as _sys
+This module only re-exports (see docs/architecture.md). Which classes its
+names are follows the Keras that ``tf.keras`` is in this process, read as
+TensorFlow reads it: Keras 3 by default; with ``TF_USE_LEGACY_KERAS=1``, the
+tf_keras (Keras 2) classes of :mod:`introspect_opt.tf_keras`, so that the
+same import serves both worlds. Type checkers see the Keras 3 names; code
+written for Keras 2 that wants checked types imports
+:mod:`introspect_opt.tf_keras` (docs/keras2.md, "Types").
+"""
+
 import typing as _typing
 
-from ._tf_keras_env import uses_legacy_keras as _uses_legacy_keras
+from introspect_opt._env import uses_legacy_keras as _uses_legacy_keras
+from introspect_opt._version import __version__ as __version__
 
-
-def _is_command_line() -> bool:
-    """Whether this process is the command line, ``introspect-opt`` or ``python -m introspect_opt``.
-
-    ``import introspect_opt`` loads Keras (and TensorFlow behind it) and registers
-    every class with Keras, so that ``keras.models.load_model`` finds them; the
-    command line must answer ``--help`` without that start-up, and loads it
-    only when a command needs it (``_cli``).
-    """
-    program = _os.path.basename(_sys.argv[0]) if _sys.argv else ""
-    if program.split(".")[0] == "introspect-opt":
-        return True
-    original = list(getattr(_sys, "orig_argv", []))
-    return any(original[i : i + 2] == ["-m", "introspect_opt"] for i in range(len(original)))
-
-
-# Where `tf.keras` is tf_keras (TF_USE_LEGACY_KERAS, read as TensorFlow reads it),
-# the same import gives the Keras 2 classes of introspect_opt.tf_keras.
 _KERAS_2 = _uses_legacy_keras()
 
-if not _typing.TYPE_CHECKING and _KERAS_2 and not _is_command_line():
-    # (Type checkers see the Keras 3 names; the command line plots Keras 3 files.)
-    from .tf_keras import *  # noqa: F403
-    from .tf_keras import __all__ as _keras_2_names
-elif _typing.TYPE_CHECKING or not _is_command_line():
-    from ._callbacks import LearningRateLogger as LearningRateLogger
-    from ._diagnostics import last_update_diagnostics as last_update_diagnostics
-    from ._diagnostics import record_diagnostics as record_diagnostics
-    from ._diagnostics import update_diagnostics as update_diagnostics
-    from ._factory import introspect as introspect
-    from ._factory import introspectable as introspectable
-    from ._history import keep_rate_history as keep_rate_history
-    from ._history import rate_history as rate_history
-    from ._mixin import IntrospectableOptimizer as IntrospectableOptimizer
-    from ._optimizers import IntrospectableAdadelta as IntrospectableAdadelta
-    from ._optimizers import IntrospectableAdafactor as IntrospectableAdafactor
-    from ._optimizers import IntrospectableAdagrad as IntrospectableAdagrad
-    from ._optimizers import IntrospectableAdam as IntrospectableAdam
-    from ._optimizers import IntrospectableAdamax as IntrospectableAdamax
-    from ._optimizers import IntrospectableAdamW as IntrospectableAdamW
-    from ._optimizers import IntrospectableFtrl as IntrospectableFtrl
-    from ._optimizers import IntrospectableLamb as IntrospectableLamb
-    from ._optimizers import IntrospectableLion as IntrospectableLion
-    from ._optimizers import IntrospectableMuon as IntrospectableMuon
-    from ._optimizers import IntrospectableNadam as IntrospectableNadam
-    from ._optimizers import IntrospectableRMSprop as IntrospectableRMSprop
-    from ._optimizers import IntrospectableScheduleFreeAdamW as IntrospectableScheduleFreeAdamW
-    from ._optimizers import IntrospectableSGD as IntrospectableSGD
-    from ._plateau import ScaledLearningRate as ScaledLearningRate
-    from ._plateau import ScaleLearningRateOnPlateau as ScaleLearningRateOnPlateau
-    from ._preview import applied_learning_rates as applied_learning_rates
-    from ._preview import plot_learning_rate as plot_learning_rate
-    from ._preview import preview_learning_rates as preview_learning_rates
-    from ._resolve import current_learning_rate as current_learning_rate
-    from ._tensorboard import RateHistoryToTensorBoard as RateHistoryToTensorBoard
+if _typing.TYPE_CHECKING or not _KERAS_2:
+    from introspect_opt._callbacks.logger import LearningRateLogger as LearningRateLogger
+    from introspect_opt._callbacks.tensorboard import (
+        RateHistoryToTensorBoard as RateHistoryToTensorBoard,
+    )
+    from introspect_opt._features.diagnostics import (
+        last_update_diagnostics as last_update_diagnostics,
+    )
+    from introspect_opt._features.diagnostics import record_diagnostics as record_diagnostics
+    from introspect_opt._features.history import keep_rate_history as keep_rate_history
+    from introspect_opt._features.history import rate_history as rate_history
+    from introspect_opt._features.plateau import ScaledLearningRate as ScaledLearningRate
+    from introspect_opt._features.plateau import (
+        ScaleLearningRateOnPlateau as ScaleLearningRateOnPlateau,
+    )
+    from introspect_opt._keras3.factory import introspect as introspect
+    from introspect_opt._keras3.factory import introspectable as introspectable
+    from introspect_opt._keras3.mixin import IntrospectableOptimizer as IntrospectableOptimizer
+    from introspect_opt._keras3.optimizers import IntrospectableAdadelta as IntrospectableAdadelta
+    from introspect_opt._keras3.optimizers import IntrospectableAdafactor as IntrospectableAdafactor
+    from introspect_opt._keras3.optimizers import IntrospectableAdagrad as IntrospectableAdagrad
+    from introspect_opt._keras3.optimizers import IntrospectableAdam as IntrospectableAdam
+    from introspect_opt._keras3.optimizers import IntrospectableAdamax as IntrospectableAdamax
+    from introspect_opt._keras3.optimizers import IntrospectableAdamW as IntrospectableAdamW
+    from introspect_opt._keras3.optimizers import IntrospectableFtrl as IntrospectableFtrl
+    from introspect_opt._keras3.optimizers import IntrospectableLamb as IntrospectableLamb
+    from introspect_opt._keras3.optimizers import IntrospectableLion as IntrospectableLion
+    from introspect_opt._keras3.optimizers import IntrospectableMuon as IntrospectableMuon
+    from introspect_opt._keras3.optimizers import IntrospectableNadam as IntrospectableNadam
+    from introspect_opt._keras3.optimizers import IntrospectableRMSprop as IntrospectableRMSprop
+    from introspect_opt._keras3.optimizers import (
+        IntrospectableScheduleFreeAdamW as IntrospectableScheduleFreeAdamW,
+    )
+    from introspect_opt._keras3.optimizers import IntrospectableSGD as IntrospectableSGD
+    from introspect_opt._keras3.resolve import current_learning_rate as current_learning_rate
+    from introspect_opt._preview.preview import plot_learning_rate as plot_learning_rate
+    from introspect_opt._preview.preview import preview_learning_rates as preview_learning_rates
 
-__version__ = "0.2.0"
+    __all__ = [
+        "IntrospectableAdadelta",
+        "IntrospectableAdafactor",
+        "IntrospectableAdagrad",
+        "IntrospectableAdam",
+        "IntrospectableAdamW",
+        "IntrospectableAdamax",
+        "IntrospectableFtrl",
+        "IntrospectableLamb",
+        "IntrospectableLion",
+        "IntrospectableMuon",
+        "IntrospectableNadam",
+        "IntrospectableOptimizer",
+        "IntrospectableRMSprop",
+        "IntrospectableSGD",
+        "IntrospectableScheduleFreeAdamW",
+        "LearningRateLogger",
+        "RateHistoryToTensorBoard",
+        "ScaleLearningRateOnPlateau",
+        "ScaledLearningRate",
+        "current_learning_rate",
+        "introspect",
+        "introspectable",
+        "keep_rate_history",
+        "last_update_diagnostics",
+        "plot_learning_rate",
+        "preview_learning_rates",
+        "rate_history",
+        "record_diagnostics",
+    ]
+else:
+    from introspect_opt.tf_keras import *  # noqa: F403
+    from introspect_opt.tf_keras import __all__ as __all__
 
-__all__ = [
-    "IntrospectableAdadelta",
-    "IntrospectableAdafactor",
-    "IntrospectableAdagrad",
-    "IntrospectableAdam",
-    "IntrospectableAdamW",
-    "IntrospectableAdamax",
-    "IntrospectableFtrl",
+if _typing.TYPE_CHECKING:
+    # Deprecated names: still working (with a DeprecationWarning) until 0.3,
+    # no longer in __all__ or the API page.
+    from introspect_opt._features.diagnostics import update_diagnostics as update_diagnostics
+    from introspect_opt._preview.preview import applied_learning_rates as applied_learning_rates
+
+_DEPRECATED = {
+    "applied_learning_rates": "introspect_opt._preview.preview",
+    "update_diagnostics": "introspect_opt._features.diagnostics",
+}
+
+# Keras 3 only: with TF_USE_LEGACY_KERAS set, asking for these names says so.
+_KERAS_3_ONLY = (
     "IntrospectableLamb",
-    "IntrospectableLion",
     "IntrospectableMuon",
-    "IntrospectableNadam",
     "IntrospectableOptimizer",
-    "IntrospectableRMSprop",
-    "IntrospectableSGD",
     "IntrospectableScheduleFreeAdamW",
-    "LearningRateLogger",
     "RateHistoryToTensorBoard",
     "ScaleLearningRateOnPlateau",
     "ScaledLearningRate",
-    "applied_learning_rates",
-    "current_learning_rate",
-    "introspect",
-    "introspectable",
     "keep_rate_history",
     "last_update_diagnostics",
     "plot_learning_rate",
     "preview_learning_rates",
     "rate_history",
     "record_diagnostics",
-    "update_diagnostics",
-]
-
-
-_keras_3_names = list(__all__)
-if not _typing.TYPE_CHECKING and _KERAS_2 and not _is_command_line():
-    __all__ = list(_keras_2_names)
+)
 
 
 def __getattr__(name: str) -> _typing.Any:
-    if _KERAS_2 and name in _keras_3_names and not _is_command_line():
+    if _KERAS_2 and (name in _KERAS_3_ONLY or name in _DEPRECATED):
         raise AttributeError(
             f"introspect_opt.{name} is Keras 3 only: TF_USE_LEGACY_KERAS is set, so "
             "introspect_opt gives the tf_keras (Keras 2) classes of introspect_opt.tf_keras "
             "(see docs/keras2.md)."
         )
-    # The command line imported the package without the modules above: load
-    # them on first use of a public name.
-    if name not in __all__:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    _load()
-    return globals()[name]
+    if name in _DEPRECATED:
+        import importlib
 
-
-def _load() -> None:
-    """Imports every module, registering every class with Keras (the command line's way)."""
-    import importlib
-
-    modules = [
-        importlib.import_module(f"{__name__}.{module}")
-        for module in (
-            "_callbacks",
-            "_diagnostics",
-            "_factory",
-            "_history",
-            "_mixin",
-            "_optimizers",
-            "_plateau",
-            "_preview",
-            "_resolve",
-            "_tensorboard",
-        )
-    ]
-    for public in _keras_3_names:
-        globals()[public] = next(vars(m)[public] for m in modules if public in vars(m))
+        return getattr(importlib.import_module(_DEPRECATED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

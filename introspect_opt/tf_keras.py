@@ -9,29 +9,39 @@ explicitly; ``import introspect_opt`` gives these names too when
 ``tf-keras`` package. See docs/keras2.md.
 """
 
-from ._tf_keras_callbacks import LearningRateLogger as LearningRateLogger
-from ._tf_keras_factory import current_learning_rate as current_learning_rate
-from ._tf_keras_factory import introspect as introspect
-from ._tf_keras_factory import introspectable as introspectable
-from ._tf_keras_optimizers import IntrospectableAdadelta as IntrospectableAdadelta
-from ._tf_keras_optimizers import IntrospectableAdafactor as IntrospectableAdafactor
-from ._tf_keras_optimizers import IntrospectableAdagrad as IntrospectableAdagrad
-from ._tf_keras_optimizers import IntrospectableAdam as IntrospectableAdam
-from ._tf_keras_optimizers import IntrospectableAdamax as IntrospectableAdamax
-from ._tf_keras_optimizers import IntrospectableAdamW as IntrospectableAdamW
-from ._tf_keras_optimizers import IntrospectableFtrl as IntrospectableFtrl
-from ._tf_keras_optimizers import IntrospectableLegacyAdadelta as IntrospectableLegacyAdadelta
-from ._tf_keras_optimizers import IntrospectableLegacyAdagrad as IntrospectableLegacyAdagrad
-from ._tf_keras_optimizers import IntrospectableLegacyAdam as IntrospectableLegacyAdam
-from ._tf_keras_optimizers import IntrospectableLegacyAdamax as IntrospectableLegacyAdamax
-from ._tf_keras_optimizers import IntrospectableLegacyFtrl as IntrospectableLegacyFtrl
-from ._tf_keras_optimizers import IntrospectableLegacyNadam as IntrospectableLegacyNadam
-from ._tf_keras_optimizers import IntrospectableLegacyRMSprop as IntrospectableLegacyRMSprop
-from ._tf_keras_optimizers import IntrospectableLegacySGD as IntrospectableLegacySGD
-from ._tf_keras_optimizers import IntrospectableLion as IntrospectableLion
-from ._tf_keras_optimizers import IntrospectableNadam as IntrospectableNadam
-from ._tf_keras_optimizers import IntrospectableRMSprop as IntrospectableRMSprop
-from ._tf_keras_optimizers import IntrospectableSGD as IntrospectableSGD
+from introspect_opt._tf_keras.callbacks import LearningRateLogger as LearningRateLogger
+from introspect_opt._tf_keras.factory import current_learning_rate as current_learning_rate
+from introspect_opt._tf_keras.factory import introspect as introspect
+from introspect_opt._tf_keras.factory import introspectable as introspectable
+from introspect_opt._tf_keras.optimizers import IntrospectableAdadelta as IntrospectableAdadelta
+from introspect_opt._tf_keras.optimizers import IntrospectableAdafactor as IntrospectableAdafactor
+from introspect_opt._tf_keras.optimizers import IntrospectableAdagrad as IntrospectableAdagrad
+from introspect_opt._tf_keras.optimizers import IntrospectableAdam as IntrospectableAdam
+from introspect_opt._tf_keras.optimizers import IntrospectableAdamax as IntrospectableAdamax
+from introspect_opt._tf_keras.optimizers import IntrospectableAdamW as IntrospectableAdamW
+from introspect_opt._tf_keras.optimizers import IntrospectableFtrl as IntrospectableFtrl
+from introspect_opt._tf_keras.optimizers import (
+    IntrospectableLegacyAdadelta as IntrospectableLegacyAdadelta,
+)
+from introspect_opt._tf_keras.optimizers import (
+    IntrospectableLegacyAdagrad as IntrospectableLegacyAdagrad,
+)
+from introspect_opt._tf_keras.optimizers import IntrospectableLegacyAdam as IntrospectableLegacyAdam
+from introspect_opt._tf_keras.optimizers import (
+    IntrospectableLegacyAdamax as IntrospectableLegacyAdamax,
+)
+from introspect_opt._tf_keras.optimizers import IntrospectableLegacyFtrl as IntrospectableLegacyFtrl
+from introspect_opt._tf_keras.optimizers import (
+    IntrospectableLegacyNadam as IntrospectableLegacyNadam,
+)
+from introspect_opt._tf_keras.optimizers import (
+    IntrospectableLegacyRMSprop as IntrospectableLegacyRMSprop,
+)
+from introspect_opt._tf_keras.optimizers import IntrospectableLegacySGD as IntrospectableLegacySGD
+from introspect_opt._tf_keras.optimizers import IntrospectableLion as IntrospectableLion
+from introspect_opt._tf_keras.optimizers import IntrospectableNadam as IntrospectableNadam
+from introspect_opt._tf_keras.optimizers import IntrospectableRMSprop as IntrospectableRMSprop
+from introspect_opt._tf_keras.optimizers import IntrospectableSGD as IntrospectableSGD
 
 __all__ = [
     "IntrospectableAdadelta",

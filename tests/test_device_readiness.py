@@ -26,7 +26,7 @@ from test_distributed import mirrored_strategy
 
 import introspect_opt
 from introspect_opt import IntrospectableSGD
-from introspect_opt._dormant import GATE_NAME
+from introspect_opt._keras3.dormant import GATE_NAME
 
 pytestmark = pytest.mark.tf_only
 
@@ -246,7 +246,7 @@ def test_opt_in_extras_are_device_ready(opt_in: Any, jit_compile: bool, replicas
     state = model.optimizer._introspection_state
     # The extra's own state is written in the step (the rate history behind
     # its dormant gate, see _dormant; diagnostics unconditionally).
-    names = ("rate_history", "rate_history_updates", *introspect_opt._diagnostics.KEYS)
+    names = ("rate_history", "rate_history_updates", *introspect_opt._features.diagnostics.KEYS)
     own = [getattr(state, name) for name in names if getattr(state, name) is not None]
     written = report.written | report.gated_written
     assert own

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from helpers import SCHEDULE, make_model
 
-from introspect_opt import IntrospectableSGD, _keras_private, introspect
+from introspect_opt import IntrospectableSGD, introspect
+from introspect_opt._keras3 import compat as _keras_private
 
 
 def test_update_step_hook_exists_with_the_expected_signature() -> None:

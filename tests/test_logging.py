@@ -314,7 +314,7 @@ def test_keras_tensorboard_writes_the_logged_keys_per_batch(tmp_path: Path) -> N
 
 def test_labels_keep_names_users_chose() -> None:
     """A name you gave is the label as it is; Keras's counter on default names is dropped."""
-    from introspect_opt._callbacks import label
+    from introspect_opt._callbacks.logger import label
 
     assert label(introspect_opt.IntrospectableAdam(name="adam_2")) == "adam_2"
     introspect_opt.IntrospectableAdam()

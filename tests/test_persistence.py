@@ -506,7 +506,7 @@ def _next_rates(optimizer: Any, steps: int, variables: list[Any]) -> list[int]:
 @pytest.mark.parametrize("rate", ["float", "schedule"])
 def test_config_round_trip_applies_the_same_rate_after_callbacks(rate: str) -> None:
     """from_config(get_config()) applies the rate the original applies, whatever set it."""
-    from introspect_opt._plateau import MULTIPLIER, set_multiplier
+    from introspect_opt._features.plateau import MULTIPLIER, set_multiplier
 
     original = IntrospectableSGD(0.02 if rate == "float" else SCHEDULE, momentum=0.9)
     model = make_model()

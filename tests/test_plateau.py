@@ -11,7 +11,7 @@ import pytest
 from helpers import SCHEDULE, make_data, make_model, schedule_value, sync, weights_of
 
 from introspect_opt import IntrospectableSGD, LearningRateLogger, ScaleLearningRateOnPlateau
-from introspect_opt._plateau import multiplier as schedule_multiplier
+from introspect_opt._features.plateau import multiplier as schedule_multiplier
 
 
 def always_plateau(**kwargs: Any) -> ScaleLearningRateOnPlateau:

@@ -12,7 +12,7 @@ import pytest
 from helpers import make_data, make_model, sync
 
 import introspect_opt
-from introspect_opt import _plateau
+from introspect_opt._features import plateau as _plateau
 
 SCHEDULES = keras.optimizers.schedules
 

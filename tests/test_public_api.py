@@ -13,7 +13,7 @@ import keras
 import pytest
 
 import introspect_opt
-from introspect_opt import _mixin
+from introspect_opt._keras3 import mixin as _mixin
 
 ROOT = Path(__file__).resolve().parents[1]
 

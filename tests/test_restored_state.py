@@ -27,8 +27,8 @@ from helpers import SCHEDULE, make_data, make_model, optimizer_state, sync, weig
 
 import introspect_opt
 from introspect_opt import IntrospectableSGD, ScaleLearningRateOnPlateau
-from introspect_opt._plateau import multiplier
-from introspect_opt._resolve import unwrap
+from introspect_opt._features.plateau import multiplier
+from introspect_opt._keras3.resolve import unwrap
 
 FEATURES = ["multiplier", "history", "diagnostics"]
 FORMATS = [

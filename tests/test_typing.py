@@ -36,10 +36,10 @@ def test_a_typed_user_script_sees_current_learning_rate(tmp_path: Path) -> None:
         re.sub(r"^note: Revealed type is ", "", line) for line in lines if "Revealed" in line
     ]
     assert revealed == [
-        '"introspect_opt._optimizers.IntrospectableAdam"',
+        '"introspect_opt._keras3.optimizers.IntrospectableAdam"',
         '"Any"',
-        '"introspect_opt._mixin.IntrospectableOptimizer"',
-        '"introspect_opt._mixin.IntrospectableOptimizer"',
+        '"introspect_opt._keras3.mixin.IntrospectableOptimizer"',
+        '"introspect_opt._keras3.mixin.IntrospectableOptimizer"',
     ], stdout + stderr
     errors = [line for line in lines if line.startswith("error")]
     assert errors == [

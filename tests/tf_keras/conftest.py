@@ -13,7 +13,7 @@ import os
 import pytest
 import tensorflow as tf
 
-from introspect_opt._tf_keras_env import uses_legacy_keras
+from introspect_opt._env import uses_legacy_keras
 
 LEGACY = uses_legacy_keras()
 

@@ -14,7 +14,7 @@ import tensorflow as tf
 import tf_keras
 from tfk_helpers import SCHEDULE, bits
 
-from introspect_opt import _tf_keras_private as private
+from introspect_opt._tf_keras import compat as private
 
 
 def test_update_hooks_are_called_through_maybe_merge_call_with_these_arguments() -> None:

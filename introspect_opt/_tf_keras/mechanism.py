@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
 
-from . import _tf_keras_manifest as manifest
-from . import _tf_keras_persistence as persistence
-from . import _tf_keras_private as private
-from ._tf_keras_state import STATE_NAME, AppliedRateState
+from introspect_opt._tf_keras import compat as private
+from introspect_opt._tf_keras import manifest as manifest
+from introspect_opt._tf_keras import persistence as persistence
+from introspect_opt._tf_keras.state import STATE_NAME, AppliedRateState
 
 if TYPE_CHECKING:
     _Base = Any

@@ -20,10 +20,16 @@ from typing import Any
 import keras
 import numpy as np
 
-from . import _history, _keras_private
-from ._mixin import IntrospectableOptimizer
-from ._resolve import current_learning_rate, describe_value, is_multi_optimizer, optimizer_of
-from ._state import host_array
+from introspect_opt._features import history as _history
+from introspect_opt._keras3 import compat as _keras_private
+from introspect_opt._keras3.mixin import IntrospectableOptimizer
+from introspect_opt._keras3.resolve import (
+    current_learning_rate,
+    describe_value,
+    is_multi_optimizer,
+    optimizer_of,
+)
+from introspect_opt._keras3.state import host_array
 
 # More points than a plot is pixels wide; beyond this the schedule is sampled.
 _MAX_PLOT_POINTS = 4096

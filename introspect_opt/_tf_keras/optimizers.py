@@ -20,7 +20,7 @@ from typing import Any
 from tf_keras import optimizers as _new
 from tf_keras.optimizers import legacy as _legacy
 
-from ._tf_keras_factory import PACKAGE, PUBLIC_MODULE, finish, mixin_for
+from introspect_opt._tf_keras.factory import PACKAGE, PUBLIC_MODULE, finish, mixin_for
 
 
 def _ready_made(base: type, name: str) -> Any:

@@ -37,7 +37,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from . import _keras_private
+from introspect_opt._keras3 import compat as _keras_private
 
 FORMAT = "introspect_opt.manifest/1"
 MANIFEST_KEY = "manifest"

@@ -42,10 +42,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from . import _manifest
-from . import _tf_keras_private as private
-from ._manifest import Manifest, ModelVariable, Slot
-from ._tf_keras_state import MANIFEST_CHILD as MANIFEST_CHILD
+from introspect_opt._keras3.persistence import manifest as _manifest
+from introspect_opt._keras3.persistence.manifest import Manifest, ModelVariable, Slot
+from introspect_opt._tf_keras import compat as private
+from introspect_opt._tf_keras.state import MANIFEST_CHILD as MANIFEST_CHILD
 
 CHECKPOINT_SOURCE = "the tf.train.Checkpoint being restored"
 

@@ -23,8 +23,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from . import _keras_private, _manifest, _persistence
-from ._state import check_entries
+from introspect_opt._keras3 import compat as _keras_private
+from introspect_opt._keras3.persistence import files as _persistence
+from introspect_opt._keras3.persistence import manifest as _manifest
+from introspect_opt._keras3.state import check_entries
 
 _SOURCE = "the tf.train.Checkpoint being restored"
 

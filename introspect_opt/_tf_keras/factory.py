@@ -5,8 +5,8 @@ from __future__ import annotations
 import inspect
 from typing import Any, TypeVar
 
-from . import _tf_keras_private as private
-from ._tf_keras_mechanism import (
+from introspect_opt._tf_keras import compat as private
+from introspect_opt._tf_keras.mechanism import (
     LegacyIntrospectionMixin,
     NewIntrospectionMixin,
     _IntrospectionMixin,

@@ -29,9 +29,16 @@ from typing import Any
 import keras
 import numpy as np
 
-from . import _keras_private, _manifest
-from ._keras_private import WRAPPER_VARIABLES_BEFORE_BUILD
-from ._state import AppliedRateState, Entries, check_entries, host_array, is_number_array
+from introspect_opt._keras3 import compat as _keras_private
+from introspect_opt._keras3.compat import WRAPPER_VARIABLES_BEFORE_BUILD
+from introspect_opt._keras3.persistence import manifest as _manifest
+from introspect_opt._keras3.state import (
+    AppliedRateState,
+    Entries,
+    check_entries,
+    host_array,
+    is_number_array,
+)
 
 STATE_ATTRIBUTE = "_introspection_state"
 # What h5py raises for an entry it cannot read (a bad chunk, an empty dataset).

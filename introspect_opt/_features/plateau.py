@@ -30,10 +30,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from . import _dormant, _keras_private
-from ._callbacks import is_integer, label, retrace
-from ._resolve import resolve_optimizer
-from ._state import (
+from introspect_opt._callbacks.logger import is_integer, label, retrace
+from introspect_opt._keras3 import compat as _keras_private
+from introspect_opt._keras3 import dormant as _dormant
+from introspect_opt._keras3.resolve import resolve_optimizer
+from introspect_opt._keras3.state import (
     AppliedRateState,
     Entries,
     Feature,

@@ -27,8 +27,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from ._resolve import resolve_optimizer
-from ._state import (
+from introspect_opt._keras3.resolve import resolve_optimizer
+from introspect_opt._keras3.state import (
     AppliedRateState,
     Entries,
     Feature,

@@ -7,9 +7,9 @@ from typing import Any
 
 import keras
 
-from . import _keras_private
-from ._mixin import IntrospectableOptimizer, rate_dtype
-from ._resolve import describe_value, is_multi_optimizer
+from introspect_opt._keras3 import compat as _keras_private
+from introspect_opt._keras3.mixin import IntrospectableOptimizer, rate_dtype
+from introspect_opt._keras3.resolve import describe_value, is_multi_optimizer
 
 # Keras base class -> its introspectable subclass (one per base, forever).
 _CLASSES: dict[type, type] = {}

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 import keras
 
-from . import _keras_private
-from ._factory import introspectable, register
-from ._mixin import IntrospectableOptimizer
+from introspect_opt._keras3 import compat as _keras_private
+from introspect_opt._keras3.factory import introspectable, register
+from introspect_opt._keras3.mixin import IntrospectableOptimizer
 
 if TYPE_CHECKING:
     from keras.optimizers import SGD as _SGDBase

@@ -23,13 +23,14 @@ import keras
 import numpy as np
 from keras import ops
 
-from . import _keras_private, _persistence
+from introspect_opt._keras3 import compat as _keras_private
+from introspect_opt._keras3.persistence import files as _persistence
 
 if keras.backend.backend() == "tensorflow":
-    from . import _checkpoint
+    from introspect_opt._keras3.persistence import checkpoint as _checkpoint
 else:
     _checkpoint = None  # type: ignore[assignment]
-from ._state import AppliedRateState, Update, features
+from introspect_opt._keras3.state import AppliedRateState, Update, features
 
 if TYPE_CHECKING:
     from keras.optimizers import Optimizer as _OptimizerBase

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import keras
 import numpy as np
 
-from . import _dormant, _keras_private
-from ._manifest import MANIFEST_KEY
+from introspect_opt._keras3 import compat as _keras_private
+from introspect_opt._keras3 import dormant as _dormant
+from introspect_opt._keras3.persistence.manifest import MANIFEST_KEY
 
 RATE_KEY = "applied_learning_rate"
 COUNT_KEY = "update_count"

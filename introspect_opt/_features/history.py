@@ -13,9 +13,10 @@ from typing import Any, ClassVar
 import keras
 import numpy as np
 
-from . import _dormant, _keras_private
-from ._resolve import describe_optimizer, resolve_optimizer
-from ._state import (
+from introspect_opt._keras3 import compat as _keras_private
+from introspect_opt._keras3 import dormant as _dormant
+from introspect_opt._keras3.resolve import describe_optimizer, resolve_optimizer
+from introspect_opt._keras3.state import (
     COUNT_KEY,
     NO_UPDATE,
     AppliedRateState,

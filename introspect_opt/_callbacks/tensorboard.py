@@ -10,15 +10,15 @@ from typing import Any
 import keras
 import numpy as np
 
-from . import _history
-from ._callbacks import (
+from introspect_opt._callbacks.logger import (
     StepCounter,
     check_interval,
     check_optimizers,
     retrace,
     tracked_optimizers,
 )
-from ._state import host_array
+from introspect_opt._features import history as _history
+from introspect_opt._keras3.state import host_array
 
 
 def _require_tensorboard() -> None:

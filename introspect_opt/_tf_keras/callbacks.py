@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from . import _tf_keras_private as private
-from ._callbacks import LoggerCore, check_optimizers, tracked_optimizers
-from ._tf_keras_factory import resolve_optimizer
-from ._tf_keras_mechanism import _IntrospectionMixin
+from introspect_opt._callbacks.logger import LoggerCore, check_optimizers, tracked_optimizers
+from introspect_opt._tf_keras import compat as private
+from introspect_opt._tf_keras.factory import resolve_optimizer
+from introspect_opt._tf_keras.mechanism import _IntrospectionMixin
 
 
 class _TfKeras:

@@ -29,10 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from . import _tf_keras_manifest as manifest
-from . import _tf_keras_private as private
-from ._manifest import MANIFEST_KEY, Manifest
-from ._tf_keras_state import COUNT_KEY, RATE_KEY, STATE_KEYS, STATE_NAME, AppliedRateState
+from introspect_opt._keras3.persistence.manifest import MANIFEST_KEY, Manifest
+from introspect_opt._tf_keras import compat as private
+from introspect_opt._tf_keras import manifest as manifest
+from introspect_opt._tf_keras.state import (
+    COUNT_KEY,
+    RATE_KEY,
+    STATE_KEYS,
+    STATE_NAME,
+    AppliedRateState,
+)
 
 _KEEP_STATE = (
     "To load the model's weights and keep this optimizer's current state, use "

@@ -11,7 +11,7 @@ from typing import Any
 
 import keras
 
-from ._mixin import IntrospectableOptimizer
+from introspect_opt._keras3.mixin import IntrospectableOptimizer
 
 
 def describe_value(value: Any) -> str:

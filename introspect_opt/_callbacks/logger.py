@@ -11,10 +11,11 @@ from typing import Any
 import keras
 import numpy as np
 
-from . import _diagnostics, _keras_private
-from ._mixin import IntrospectableOptimizer
-from ._resolve import describe_optimizer, resolve_optimizer, unwrap
-from ._state import AppliedRateState, host_float
+from introspect_opt._features import diagnostics as _diagnostics
+from introspect_opt._keras3 import compat as _keras_private
+from introspect_opt._keras3.mixin import IntrospectableOptimizer
+from introspect_opt._keras3.resolve import describe_optimizer, resolve_optimizer, unwrap
+from introspect_opt._keras3.state import AppliedRateState, host_float
 
 INTERVALS = ('"epoch"', '"batch"', "a positive int N (every N steps)")
 

@@ -67,11 +67,12 @@ def _keras() -> Any:
     """
     import keras
 
-    # Registers every class of the package (the ready-made optimizers, the
-    # plateau schedule), so configs and .keras files naming them deserialize.
-    from . import _load
+    # Registers every Keras 3 class of the package (the ready-made optimizers,
+    # the plateau schedule), so configs and .keras files naming them
+    # deserialize, whichever world `import introspect_opt` names.
+    import introspect_opt._features.plateau
+    import introspect_opt._keras3.optimizers  # noqa: F401
 
-    _load()
     return keras
 
 
@@ -253,7 +254,7 @@ def _plot(args: argparse.Namespace) -> str:
     if not output.parent.is_dir():
         raise UsageError(f"cannot write {output}: folder {output.parent} does not exist")
     source = load_source(args.source)  # imports Keras only for a file that exists
-    from ._preview import plot_learning_rate
+    from introspect_opt._preview.preview import plot_learning_rate
 
     try:
         path = plot_learning_rate(source, output, iterations=args.steps, title=args.title)

@@ -1,0 +1,1 @@
+"""The Keras 2 (tf_keras) world."""
