@@ -10,15 +10,10 @@ from typing import Any
 import keras
 import numpy as np
 
-from introspect_opt._callbacks.logger import (
-    StepCounter,
-    check_interval,
-    check_optimizers,
-    retrace,
-    tracked_optimizers,
-)
+from introspect_opt._callbacks.logger import Keras3
+from introspect_opt._common.logger import StepCounter, check_interval, retrace
 from introspect_opt._features import history as _history
-from introspect_opt._keras3.state import host_array
+from introspect_opt._keras3.host import host_array
 
 
 def _require_tensorboard() -> None:
@@ -90,7 +85,7 @@ class RateHistoryToTensorBoard(keras.callbacks.Callback):
         self.history_size = (
             None if history_size is None else _history.check_size(history_size, "history_size")
         )
-        self._given = check_optimizers(optimizers)
+        self._given = Keras3.check_optimizers(optimizers)
         self._tracked: list[tuple[str, Any, bool]] = []
         self._writer: Any = None
         self._writers: dict[str, Any] = {}
@@ -122,7 +117,7 @@ class RateHistoryToTensorBoard(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         import tensorflow as tf
 
-        self._tracked = tracked_optimizers("RateHistoryToTensorBoard", self.model, self._given)
+        self._tracked = Keras3.track("RateHistoryToTensorBoard", self.model, self._given)
         wanted = self.history_size or max(self._steps_between_reads(), 1)
         created = False
         for name, optimizer, _ in self._tracked:

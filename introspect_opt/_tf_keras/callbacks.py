@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from introspect_opt._callbacks.logger import LoggerCore, check_optimizers, tracked_optimizers
+import numpy as np
+
+from introspect_opt._common.logger import LoggerCore, check_optimizers, tracked_optimizers
 from introspect_opt._tf_keras import compat as private
 from introspect_opt._tf_keras.factory import resolve_optimizer
 from introspect_opt._tf_keras.mechanism import _IntrospectionMixin
@@ -27,11 +29,40 @@ class _TfKeras:
 
     @staticmethod
     def track(callback: str, model: Any, given: dict[str, Any] | None) -> list[Any]:
-        return tracked_optimizers(callback, model, given, resolve_optimizer, _TfKeras.unwrap)
+        return tracked_optimizers(
+            callback, model, given, resolve_optimizer, _TfKeras.unwrap, _TfKeras.default_name
+        )
+
+    @staticmethod
+    def default_name(optimizer_class: type) -> str | None:
+        return None  # tf_keras does not number optimizer names
 
     @staticmethod
     def raw_steps(optimizer: Any) -> int:
         return 0  # only used for diagnostics, which tf_keras optimizers do not record
+
+    @staticmethod
+    def enable_diagnostics(optimizer: Any) -> bool:
+        raise NotImplementedError("per-update diagnostics are Keras 3 only (docs/keras2.md)")
+
+    @staticmethod
+    def diagnostics(optimizer: Any) -> dict[str, float]:
+        raise NotImplementedError("per-update diagnostics are Keras 3 only (docs/keras2.md)")
+
+    @staticmethod
+    def applied_rate(optimizer: Any) -> float:
+        return float(optimizer.current_learning_rate)
+
+    @staticmethod
+    def host_float(value: Any) -> float:
+        # numpy(): the one read that works for tf.distribute variables in
+        # cross-replica context too (see _keras3.state.host_array).
+        return float(np.asarray(value.numpy() if hasattr(value, "numpy") else value))
+
+    @staticmethod
+    def describe(optimizer: Any) -> str:
+        name = getattr(optimizer, "name", None) or optimizer.get_config().get("name", "?")
+        return f"{type(optimizer).__name__} '{name}'"
 
 
 class LearningRateLogger(private.Callback):
