@@ -1,4 +1,1 @@
-"""What both Keras worlds share: names, the manifest's format, refused-load errors.
-
-Nothing here imports keras, tensorflow or tf_keras.
-"""
+"""What both Keras worlds share. Nothing here imports keras, tensorflow or tf_keras."""

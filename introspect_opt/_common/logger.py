@@ -28,6 +28,7 @@ class World(Protocol):
     def applied_rate(self, optimizer: Any) -> float: ...
     def host_float(self, value: Any) -> float: ...
     def describe(self, optimizer: Any) -> str: ...
+    def sync_training_state(self, model: Any) -> None: ...
 
 
 def label(optimizer: Any, default_name: Callable[[type], str | None]) -> str:
@@ -251,8 +252,7 @@ class LoggerCore:
     ) -> None:
         if not self.tracked or logs is None:
             return
-        if hasattr(model, "jax_state_sync"):
-            model.jax_state_sync()  # JAX keeps fit's state off the variables
+        self.world.sync_training_state(model)  # JAX keeps fit's state off the variables
         for name, optimizer, wrapped in self.tracked:
             logs[f"{name}/learning_rate"] = self.world.applied_rate(optimizer)
             for hyperparameter in self.hyperparameters:
@@ -298,3 +298,27 @@ def hyperparameter_value(optimizer: Any, name: str, host_float: Callable[[Any], 
 
 def is_integer(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def steps_between_reads(callback: str, interval: str | int, model: Any, params: Any) -> int:
+    """The most steps ``fit`` can run between two reads of ``callback`` at ``interval``.
+
+    What a rate history must hold so that no update is lost between reads.
+    """
+    per_execution = int(getattr(model, "steps_per_execution", 1) or 1)
+    if isinstance(interval, int):
+        # Reads happen at the end of the first call of the train function
+        # that passes a multiple of N: up to N + spe - 1 steps apart.
+        return interval if interval % per_execution == 0 else interval + per_execution - 1
+    if interval == "batch":
+        return per_execution
+    steps = (params or {}).get("steps")
+    if not steps:
+        raise ValueError(
+            f"{callback}(interval='epoch') cannot tell how many steps an epoch has "
+            "(the dataset has no known length); pass history_size=<steps per "
+            "epoch>, or a step interval."
+        )
+    # Keras runs whole blocks of steps_per_execution steps, also past the
+    # epoch's declared step count.
+    return -(-int(steps) // per_execution) * per_execution

@@ -27,16 +27,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from introspect_opt._common.names import STATE_ATTRIBUTE
+from introspect_opt._keras3.features import Entries, Feature, Update, register_feature
+from introspect_opt._keras3.host import host_array
 from introspect_opt._keras3.resolve import resolve_optimizer
-from introspect_opt._keras3.state import (
-    AppliedRateState,
-    Entries,
-    Feature,
-    Update,
-    host_array,
-    make_variable,
-    register_feature,
-)
+from introspect_opt._keras3.state import AppliedRateState, make_variable
 
 KEYS = ("gradient_norm", "update_norm", "update_to_weight_ratio")
 
@@ -133,7 +128,7 @@ def read(optimizer: Any) -> dict[str, float]:
     NaN too when the values do not belong to the update the step counter says
     was last (restored from a file without them). Empty without diagnostics.
     """
-    state = optimizer.__dict__.get("_introspection_state")
+    state = optimizer.__dict__.get(STATE_ATTRIBUTE)
     if state is None or not state.has(DIAGNOSTICS.name):
         return {}
     fresh = state.is_current(optimizer)

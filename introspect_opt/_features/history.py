@@ -13,19 +13,13 @@ from typing import Any, ClassVar
 import keras
 import numpy as np
 
+from introspect_opt._common.names import COUNT_KEY, NO_UPDATE, STATE_ATTRIBUTE
 from introspect_opt._keras3 import compat as _keras_private
 from introspect_opt._keras3 import dormant as _dormant
+from introspect_opt._keras3.features import Entries, Feature, Update, register_feature
+from introspect_opt._keras3.host import host_array
 from introspect_opt._keras3.resolve import describe_optimizer, resolve_optimizer
-from introspect_opt._keras3.state import (
-    COUNT_KEY,
-    NO_UPDATE,
-    AppliedRateState,
-    Entries,
-    Feature,
-    Update,
-    host_array,
-    register_feature,
-)
+from introspect_opt._keras3.state import AppliedRateState
 
 RATES_KEY = "rate_history"
 UPDATES_KEY = "rate_history_updates"
@@ -232,7 +226,7 @@ def resize(optimizer: Any, size: int) -> bool:
 
     Returns whether new variables were created (functions traced with the
     old buffer keep writing to it until retraced; a dormant-capable buffer,
-    see ``_dormant``, is the same variable resized).
+    see ``_keras3.dormant``, is the same variable resized).
     """
     state = optimizer._ensure_introspection_state()
     if not state.has_variables:
@@ -253,7 +247,7 @@ def resize(optimizer: Any, size: int) -> bool:
 
 def recorded_rates(optimizer: Any) -> tuple[np.ndarray, np.ndarray]:
     """(update numbers, rates) in the buffer, oldest first; empty without one."""
-    state = optimizer.__dict__.get("_introspection_state")
+    state = optimizer.__dict__.get(STATE_ATTRIBUTE)
     if state is None or not state.has(HISTORY.name):
         return np.zeros((0,), "int64"), np.zeros((0,), "float32")
     rates = host_array(state.rate_history)

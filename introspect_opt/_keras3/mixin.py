@@ -2,16 +2,16 @@
 
 Placed before a Keras optimizer class in the bases, it:
 
-* creates the cached-rate state when the optimizer is built (``_state``);
+* creates the cached-rate state when the optimizer is built (``_keras3.state``);
 * writes, on every applied update, the learning rate Keras passed to
   ``update_step`` and the update count it belongs to (two scalar writes on the
   device), then hands the update to the state's opt-in features;
 * reads it back as ``current_learning_rate`` (a snapshot; before any update,
   or after a file restored ``iterations`` without the cache, the value derived
   from the schedule so that the contract still holds);
-* saves and loads it, all or nothing (``_persistence``).
+* saves and loads it, all or nothing (``_keras3.persistence``).
 
-Every Keras method it overrides is named in ``_keras_private``.
+Every Keras method it overrides is named in ``_keras3.compat``.
 """
 
 from __future__ import annotations
@@ -23,14 +23,18 @@ import keras
 import numpy as np
 from keras import ops
 
+from introspect_opt._common.names import STATE_ATTRIBUTE
 from introspect_opt._keras3 import compat as _keras_private
 from introspect_opt._keras3.persistence import files as _persistence
+from introspect_opt._keras3.persistence import loss_scale as _loss_scale
+from introspect_opt._keras3.persistence import queue as _queue
 
 if keras.backend.backend() == "tensorflow":
     from introspect_opt._keras3.persistence import checkpoint as _checkpoint
 else:
     _checkpoint = None  # type: ignore[assignment]
-from introspect_opt._keras3.state import AppliedRateState, Update, features
+from introspect_opt._keras3.features import Update, features
+from introspect_opt._keras3.state import AppliedRateState
 
 if TYPE_CHECKING:
     from keras.optimizers import Optimizer as _OptimizerBase
@@ -186,12 +190,12 @@ class IntrospectableOptimizer(_OptimizerBase):
         Called by the wrapper's ``load_own_variables`` before it assigns
         anything (``_keras_private.CheckedWrapperLoad``).
         """
-        _persistence.check_wrapper_load(self, self._ensure_introspection_state(), wrapper, store)
+        _loss_scale.check_wrapper_load(self, self._ensure_introspection_state(), wrapper, store)
 
     def _listed_variables(self) -> list[Any]:
         """``variables``: the plain optimizer's, and on JAX the state's after them."""
         plain = self._plain_variables()
-        state = self.__dict__.get("_introspection_state")
+        state = self.__dict__.get(STATE_ATTRIBUTE)
         if _LIST_CACHE_IN_VARIABLES and state is not None:
             return [*plain, *state.all_variables()]
         return plain
@@ -228,7 +232,7 @@ class IntrospectableOptimizer(_OptimizerBase):
         A method, not a property: Keras's saving walks every attribute, and the
         state must be reachable under exactly one name.
         """
-        state = self.__dict__.get("_introspection_state")
+        state = self.__dict__.get(STATE_ATTRIBUTE)
         if state is None:
             state = AppliedRateState(self)
             if _checkpoint is not None:
@@ -236,7 +240,7 @@ class IntrospectableOptimizer(_OptimizerBase):
             # Attribute assignment makes it a named tf.train.Checkpoint
             # dependency (restored even when attached after `restore()`) and
             # a group of its own in .keras / .weights.h5 files.
-            self._introspection_state = state
+            setattr(self, STATE_ATTRIBUTE, state)
         return state
 
     @property
@@ -265,7 +269,7 @@ class IntrospectableOptimizer(_OptimizerBase):
             >>> round(float(opt.learning_rate), 6)  # update 4 will apply s(3)
             0.0125
         """
-        state = self.__dict__.get("_introspection_state")
+        state = self.__dict__.get(STATE_ATTRIBUTE)
         count = self.iterations
         core = None if state is None else state.core()
         if core is None:
@@ -273,7 +277,7 @@ class IntrospectableOptimizer(_OptimizerBase):
             # the restored step counter, else the rate derived from it.
             pending = None
             if state is not None and not _keras_private.is_traced(count):
-                pending = _persistence.pending_rate(state, count)
+                pending = _queue.pending_rate(state, count)
             value = self._derived_rate(count) if pending is None else pending
             return ops.copy(ops.cast(value, rate_dtype(self, value)))
         rate_var, count_var = core
@@ -322,7 +326,7 @@ class IntrospectableOptimizer(_OptimizerBase):
             state.create_variables(self, rate_dtype(self, self.learning_rate))
         finally:
             self.__dict__["_introspect_building"] = False
-        applied = _persistence.apply_pending(self, state)
+        applied = _queue.apply_pending(self, state)
         if applied is not None and _checkpoint is not None:
             _checkpoint.applied(self, state, *applied)
 
@@ -336,10 +340,12 @@ class IntrospectableOptimizer(_OptimizerBase):
             with keras.name_scope(self.name, caller=self):
                 self.build(trainable_variables)
             self.built = True
-        state = self.__dict__.get("_introspection_state")
-        if state is not None and state.hooked():  # on or dormant (see _dormant)
+        state = self.__dict__.get(STATE_ATTRIBUTE)
+        if state is not None and state.hooked():  # on or dormant (see _keras3.dormant)
             variables = (
-                self._trainable_variables if trainable_variables is None else trainable_variables
+                _keras_private.variables_built_for(self)
+                if trainable_variables is None
+                else trainable_variables
             )
             state.before_apply(self, list(grads), list(variables))
         return super().apply(grads, trainable_variables)
@@ -372,7 +378,7 @@ class IntrospectableOptimizer(_OptimizerBase):
         _persistence.load(self, self._ensure_introspection_state(), store)
 
     def _manifest_to_save(self) -> Any:
-        """The manifest a save writes next to the state (None: none fits, see _persistence)."""
+        """The manifest a save writes next to the state (None: none fits; see persistence)."""
         return _persistence.manifest_to_save(self, self._ensure_introspection_state())
 
     if keras.backend.backend() == "tensorflow":
@@ -385,7 +391,7 @@ class IntrospectableOptimizer(_OptimizerBase):
             state = self._ensure_introspection_state()  # its manifest restores first
             children = super()._trackable_children(*args, **kwargs)
             if not args and not kwargs:  # restoring
-                _persistence.restore_started(state)
+                _queue.restore_started(state)
                 return children
             return _checkpoint.children_to_save(self, state, children)
 
@@ -396,7 +402,7 @@ def _unpickle(optimizer_class: type, *args: Any) -> Any:
     while pending:
         cls = pending.pop()
         if cls.__dict__.get("_introspect_base") is optimizer_class:
-            return cls._unpickle_model(*args)
+            return _keras_private.unpickle(cls, *args)
         pending += cls.__subclasses__()
     raise TypeError(
         f"Cannot unpickle an introspectable {optimizer_class.__qualname__}: call "

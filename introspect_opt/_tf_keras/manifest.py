@@ -1,6 +1,6 @@
 """The manifest of tf_keras optimizer state: identity recorded, never inferred.
 
-The same manifest as Keras 3's (``_manifest``: format
+The same manifest as Keras 3's (``_common.manifest``: format
 ``introspect_opt.manifest/1``, the same fields, encoding and validation),
 described from tf_keras objects:
 
@@ -9,7 +9,7 @@ described from tf_keras objects:
   out differently);
 * ``layout``: what a build of that class, with the optimizer's config,
   creates for two scratch variables (a matrix and a vector), derived from a
-  real build in a scratch graph, as ``_manifest.layout`` does for Keras 3.
+  real build in a scratch graph, as ``_keras3.persistence.manifest.layout`` does for Keras 3.
   tf_keras's new ``SGD`` creates its ``m`` slots whatever ``momentum`` is, so
   ``momentum`` does not change its layout; the legacy ``SGD`` creates them only
   for a momentum above 0;
@@ -42,12 +42,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from introspect_opt._keras3.persistence import manifest as _manifest
-from introspect_opt._keras3.persistence.manifest import Manifest, ModelVariable, Slot
+from introspect_opt._common import manifest as _common
+from introspect_opt._common.errors import CHECKPOINT_SOURCE, RefusedLoad, refused_load
+from introspect_opt._common.manifest import Manifest, ModelVariable, Slot
 from introspect_opt._tf_keras import compat as private
-from introspect_opt._tf_keras.state import MANIFEST_CHILD as MANIFEST_CHILD
-
-CHECKPOINT_SOURCE = "the tf.train.Checkpoint being restored"
 
 _KEEP_STATE = (
     "Create the optimizer with the same class and arguments as the one that wrote "
@@ -183,7 +181,7 @@ def layout(optimizer: Any) -> tuple[tuple[Any, ...], ...] | None:
                 tf.Variable(tf.zeros(shape), name=name, trainable=True) for name, shape in _SCRATCH
             ]
             if _is_legacy(base):
-                copy._create_all_weights(scratch)
+                private.legacy_create_slots(copy, scratch)
                 created = [w for w in copy.weights if w is not copy.iterations]
                 slots = attribute(copy, created, scratch)
             else:
@@ -192,7 +190,7 @@ def layout(optimizer: Any) -> tuple[tuple[Any, ...], ...] | None:
                 slots = attribute(copy, list(copy.variables)[before:], scratch)
         return tuple((s.role, s.owner, list(s.shape), s.dtype) for s in slots)
 
-    return _manifest.cached_layout(optimizer, derive)
+    return _common.cached_layout(optimizer, derive)
 
 
 def describe(optimizer: Any) -> Manifest:
@@ -214,11 +212,8 @@ def describe(optimizer: Any) -> Manifest:
 
 
 def decode(value: Any, source: str) -> Manifest:
-    """A stored manifest, validated; a damaged one raises ``RuntimeError`` naming ``source``."""
-    try:
-        return _manifest.decode(value, source, _consistent)
-    except ValueError as error:
-        raise RuntimeError(str(error)) from None
+    """A stored manifest, validated; a damaged one raises ``RefusedLoad`` naming ``source``."""
+    return _common.decode(value, source, _consistent)
 
 
 def _consistent(slot: Slot, built_for: tuple[ModelVariable, ...]) -> bool:
@@ -239,22 +234,14 @@ def _consistent(slot: Slot, built_for: tuple[ModelVariable, ...]) -> bool:
 
 def check_identity(optimizer: Any, manifest: Manifest, source: str) -> None:
     """Refuses state another optimizer class or slot layout wrote, built or not."""
-    own_class = optimizer_class(optimizer)
-    if manifest.optimizer_class != own_class:
-        raise RuntimeError(
-            f"Cannot restore the state of {name(optimizer)} from {source}: it was written "
-            f"by a {manifest.optimizer_class} optimizer, this one is a {own_class} (its "
-            "slots would become this optimizer's slots). Nothing was loaded into the "
-            f"optimizer. {_KEEP_STATE}"
-        )
-    own_layout = layout(optimizer)
-    if manifest.layout is not None and own_layout is not None and manifest.layout != own_layout:
-        raise RuntimeError(
-            f"Cannot restore the state of {name(optimizer)} from {source}: it was written "
-            f"by a {own_class} with arguments that give another slot layout (per variable "
-            f"it holds {_roles(manifest.layout)}, this optimizer {_roles(own_layout)}). "
-            f"Nothing was loaded into the optimizer. {_KEEP_STATE}"
-        )
+    _common.check_identity(
+        manifest,
+        optimizer_class(optimizer),
+        lambda: layout(optimizer),
+        f"the state of {name(optimizer)}",
+        source,
+        _KEEP_STATE,
+    )
 
 
 def check_recorded(
@@ -264,24 +251,20 @@ def check_recorded(
     shapes = [tuple(a.shape) for a in arrays]
     recorded = [s.shape for s in manifest.variables]
     if shapes != recorded:
-        raise RuntimeError(
-            f"Cannot restore the state of {name(optimizer)} from {source}: its manifest "
-            f"lists {len(recorded)} optimizer variables of shapes {recorded}, the file "
-            f"holds {len(shapes)} of shapes {shapes}: the file is damaged. Nothing was "
-            f"loaded into the optimizer. {_KEEP_STATE}"
+        raise refused_load(
+            f"the state of {name(optimizer)}",
+            source,
+            f"its manifest lists {len(recorded)} optimizer variables of shapes {recorded}, "
+            f"the file holds {len(shapes)} of shapes {shapes}: the file is damaged. "
+            "Nothing was loaded into the optimizer.",
+            _KEEP_STATE,
         )
 
 
 def name(optimizer: Any) -> str:
     """The optimizer, as error messages name it (the legacy family has only ``_name``)."""
-    label = getattr(optimizer, "name", None) or getattr(optimizer, "_name", "?")
+    label = private.optimizer_label(optimizer)
     return f"{type(optimizer).__name__} '{label}'"
-
-
-def _roles(layout: tuple[tuple[Any, ...], ...]) -> str:
-    per_variable = sorted({str(entry[0]) for entry in layout if entry[1] is not None})
-    own = [str(entry[0]) for entry in layout if entry[1] is None]
-    return f"slots {per_variable or 'none'} and own variables {own or 'none'}"
 
 
 class ManifestRecord(tf.train.experimental.PythonState):
@@ -307,7 +290,7 @@ class ManifestRecord(tf.train.experimental.PythonState):
         try:
             manifest = decode(string_value, CHECKPOINT_SOURCE)
             check_identity(owner, manifest, CHECKPOINT_SOURCE)
-        except RuntimeError:
+        except RefusedLoad:
             # The restore has listed everything already (values wait for
             # variables that do not exist yet, the step-counter lookup marked
             # the cache stale): undo what this restore did before raising.

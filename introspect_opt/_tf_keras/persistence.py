@@ -10,11 +10,12 @@ tf_keras's own loaders are lenient in ways that lose state silently:
   assigns entry by entry before it checks the next shape, and
   ``load_model`` turns any ``ValueError`` from it into a log message.
 
-Here every entry is read and checked first, then everything is assigned. The
-errors are ``RuntimeError``, so that the HDF5 loader cannot swallow them.
+Here every entry is read and checked first, then everything is assigned. A
+refused load raises ``RefusedLoad``, as in Keras 3; ``set_weights`` raises
+``RefusedWeights``, no ``ValueError``, so that the HDF5 loader cannot swallow it.
 The cached rate travels in ``.keras`` / ``.weights.h5`` files as a group of its
 own next to the optimizer's (``<optimizer path>/_introspection_state/vars``),
-which plain optimizers never read, with the manifest (``_tf_keras_manifest``):
+which plain optimizers never read, with the manifest (``_tf_keras.manifest``):
 a file another class or slot layout wrote is refused before anything else is
 checked; formats that only hold the optimizer's own
 variables (HDF5 model files, ``set_weights``) leave the cache stale, and the
@@ -29,16 +30,18 @@ from typing import Any
 
 import numpy as np
 
-from introspect_opt._keras3.persistence.manifest import MANIFEST_KEY, Manifest
+from introspect_opt._common.errors import RefusedLoad, RefusedWeights, refused_load
+from introspect_opt._common.manifest import Manifest
+from introspect_opt._common.names import (
+    CORE_KEYS,
+    COUNT_KEY,
+    MANIFEST_KEY,
+    RATE_KEY,
+    STATE_ATTRIBUTE,
+)
 from introspect_opt._tf_keras import compat as private
 from introspect_opt._tf_keras import manifest as manifest
-from introspect_opt._tf_keras.state import (
-    COUNT_KEY,
-    RATE_KEY,
-    STATE_KEYS,
-    STATE_NAME,
-    AppliedRateState,
-)
+from introspect_opt._tf_keras.state import AppliedRateState
 
 _KEEP_STATE = (
     "To load the model's weights and keep this optimizer's current state, use "
@@ -131,35 +134,35 @@ def _check_arrays(
             continue
         problems.append(f"entry {index} ({variable.name}) has {found}")
     if problems:
-        raise RuntimeError(
-            f"Cannot restore the state of {describe(optimizer)} from {source}: "
-            + "; ".join(problems)
-            + ". Nothing was loaded into the optimizer. The file was written by a "
-            "different optimizer (class or arguments) or for a different model. " + _KEEP_STATE
+        raise refused_load(
+            f"the state of {describe(optimizer)}",
+            source,
+            "; ".join(problems) + ". Nothing was loaded into the optimizer. The file was "
+            "written by a different optimizer (class or arguments) or for a different model.",
+            _KEEP_STATE,
         )
     dtypes = [np.dtype(v.dtype.as_numpy_dtype) for v in variables]
     return [array.astype(dtype) for array, dtype in zip(arrays, dtypes, strict=True)]
 
 
-def _count_error(optimizer: Any, source: str, in_file: int, ours: int) -> RuntimeError:
+def _count_error(optimizer: Any, source: str, in_file: int, ours: int) -> RefusedLoad:
     text = (
-        f"Cannot restore the state of {describe(optimizer)} from {source}: the file "
-        f"holds {in_file} optimizer variables, this optimizer has {ours}. Nothing was "
-        "loaded into the optimizer (plain tf_keras would skip it all with only a "
-        "log message). "
+        f"the file holds {in_file} optimizer variables, this optimizer has {ours}. "
+        "Nothing was loaded into the optimizer (plain tf_keras would skip it all with "
+        "only a log message). "
     )
     if ours <= 1 < in_file:
         text += (
             "This optimizer has no slot variables yet (it is not built): "
-            f"{optimizer._introspect_build_hint} "
+            f"{optimizer._introspect_build_hint}"
         )
     else:
         text += (
             "The file was written by a different optimizer (class or arguments, "
             "e.g. momentum) or for a different model: load it with the optimizer "
-            "it was saved with. "
+            "it was saved with."
         )
-    return RuntimeError(text + _KEEP_STATE)
+    return refused_load(f"the state of {describe(optimizer)}", source, text, _KEEP_STATE)
 
 
 def _assign_all(variables: Sequence[Any], arrays: Sequence[np.ndarray]) -> None:
@@ -174,23 +177,28 @@ def set_weights(optimizer: Any, weights: Any) -> None:
     """``optimizer.set_weights`` for built optimizers, all or nothing.
 
     The file or list carries no cached rate: it is marked stale, and
-    ``current_learning_rate`` derives the rate from the restored counter.
+    ``current_learning_rate`` derives the rate from the restored counter. A
+    refusal is a ``RefusedWeights``: tf_keras's HDF5 ``load_model`` would turn a
+    ``ValueError`` into a log line.
     """
     variables = optimizer._introspect_plain_variables()
     arrays = [_read(w) for w in weights]
     source = "the weights passed to set_weights() (from an HDF5 model file, if loading one)"
-    if len(arrays) != len(variables):
-        raise _count_error(optimizer, source, len(arrays), len(variables))
-    ready = _check_arrays(optimizer, variables, arrays, source)
+    try:
+        if len(arrays) != len(variables):
+            raise _count_error(optimizer, source, len(arrays), len(variables))
+        ready = _check_arrays(optimizer, variables, arrays, source)
+    except RefusedLoad as error:
+        raise RefusedWeights(str(error)) from None
     _assign_all(variables, ready)
     optimizer._introspect_state().forget()
 
 
 def _state_group(parent: Any) -> Any:
     """The ``_introspection_state/vars`` group inside an optimizer's group, or None."""
-    if STATE_NAME not in parent or "vars" not in parent[STATE_NAME]:
+    if STATE_ATTRIBUTE not in parent or private.ENTRIES_GROUP not in parent[STATE_ATTRIBUTE]:
         return None
-    return parent[STATE_NAME]["vars"]
+    return parent[STATE_ATTRIBUTE][private.ENTRIES_GROUP]
 
 
 def _wrapped_state_group(parent: Any, store: Any) -> Any:
@@ -202,13 +210,13 @@ def _wrapped_state_group(parent: Any, store: Any) -> Any:
     cache belongs to the entries only if both copies are identical.
     """
     inner = parent.get(private.LOSS_SCALE_INNER_GROUP)
-    if inner is None or not hasattr(inner, "keys") or "vars" not in inner:
+    if inner is None or not hasattr(inner, "keys") or private.ENTRIES_GROUP not in inner:
         return None
     group = _state_group(inner)
-    if group is None or sorted(inner["vars"].keys()) != sorted(store.keys()):
+    if group is None or sorted(inner[private.ENTRIES_GROUP].keys()) != sorted(store.keys()):
         return None
     for key in store:
-        ours, theirs = _read(store[key]), _read(inner["vars"][key])
+        ours, theirs = _read(store[key]), _read(inner[private.ENTRIES_GROUP][key])
         if ours.dtype != theirs.dtype or not np.array_equal(ours, theirs):
             return None
     return group
@@ -234,18 +242,20 @@ def _state_entries(store: Any, source: str) -> tuple[dict[str, np.ndarray] | Non
         recorded = manifest.decode(_read(group[MANIFEST_KEY]), source)
     entries = {key: _read(group[key]) for key in keys}
     valid = (
-        keys == sorted(STATE_KEYS)
+        keys == sorted(CORE_KEYS)
         and all(entries[k].shape == () for k in keys)
         and _kind(entries[RATE_KEY].dtype) == "float"
         and _kind(entries[COUNT_KEY].dtype) == "int"
     )
     if not valid:
         found = {k: f"{v.dtype}{list(v.shape)}" for k, v in entries.items()}
-        raise RuntimeError(
-            f"Cannot restore the applied learning rate from {source}, group '{group.name}': "
-            f"expected a float scalar '{RATE_KEY}' and an integer scalar "
-            f"'{COUNT_KEY}', found {found}. Nothing was loaded into the optimizer. "
-            "The file is damaged or was not written by introspect_opt. " + _KEEP_STATE
+        raise refused_load(
+            "the applied learning rate",
+            f"{source}, group '{group.name}'",
+            f"expected a float scalar '{RATE_KEY}' and an integer scalar '{COUNT_KEY}', "
+            f"found {found}. Nothing was loaded into the optimizer. The file is damaged "
+            "or was not written by introspect_opt.",
+            _KEEP_STATE,
         )
     return entries, recorded
 
@@ -255,7 +265,7 @@ def save_keras_entries(optimizer: Any, store: Any) -> None:
     parent = private.h5_parent(store)
     if parent is None:
         return  # npz weights format: the rate is derived on load
-    group = parent.require_group(STATE_NAME).require_group("vars")
+    group = parent.require_group(STATE_ATTRIBUTE).require_group(private.ENTRIES_GROUP)
     for key, value in optimizer._introspect_state().values().items():
         group[key] = value
     group[MANIFEST_KEY] = manifest.describe(optimizer).encode()
@@ -273,10 +283,12 @@ def load_keras_entries(optimizer: Any, store: Any) -> None:
         manifest.check_identity(optimizer, recorded, source)
     if not keys:
         if cached is not None:
-            raise RuntimeError(
-                f"Cannot restore the state of {describe(optimizer)} from {source}: the "
-                f"file holds a cached rate ({STATE_NAME}) but no optimizer variables. "
-                "Nothing was loaded into the optimizer. The file is damaged. " + _KEEP_STATE
+            raise refused_load(
+                f"the state of {describe(optimizer)}",
+                source,
+                f"the file holds a cached rate ({STATE_ATTRIBUTE}) but no optimizer "
+                "variables. Nothing was loaded into the optimizer. The file is damaged.",
+                _KEEP_STATE,
             )
         warnings.warn(
             f"{source} holds no optimizer state of {describe(optimizer)}'s own; it keeps "
@@ -291,10 +303,12 @@ def load_keras_entries(optimizer: Any, store: Any) -> None:
             state.forget()
         return
     if sorted(keys) != sorted(str(i) for i in range(len(keys))):
-        raise RuntimeError(
-            f"Cannot restore the state of {describe(optimizer)} from {source}: expected "
-            f"entries '0' to '{len(keys) - 1}', found {sorted(keys)}. Nothing was loaded "
-            "into the optimizer. The file is damaged or was not written by tf_keras. " + _KEEP_STATE
+        raise refused_load(
+            f"the state of {describe(optimizer)}",
+            source,
+            f"expected entries '0' to '{len(keys) - 1}', found {sorted(keys)}. Nothing was "
+            "loaded into the optimizer. The file is damaged or was not written by tf_keras.",
+            _KEEP_STATE,
         )
     arrays = [_read(store[str(i)]) for i in range(len(keys))]
     if recorded is not None:
@@ -305,13 +319,15 @@ def load_keras_entries(optimizer: Any, store: Any) -> None:
         # values this optimizer still holds. Otherwise its slots are missing.
         counter = _check_arrays(optimizer, variables[:1], arrays, source)
         if int(counter[0]) != 0:
-            raise RuntimeError(
-                f"Cannot restore the state of {describe(optimizer)} from {source}: the "
-                f"file holds the step counter ({int(counter[0])}) of an optimizer that "
+            raise refused_load(
+                f"the state of {describe(optimizer)}",
+                source,
+                f"the file holds the step counter ({int(counter[0])}) of an optimizer that "
                 "was not built, without its slot variables (momentum, moments, ...). "
                 "Nothing was loaded into the optimizer. Save the model again after its "
                 "optimizer is built (after one training step, or "
-                "`model.optimizer.build(model.trainable_variables)`). " + _KEEP_STATE
+                "`model.optimizer.build(model.trainable_variables)`).",
+                _KEEP_STATE,
             )
         _assign_all(variables[:1], counter)
         state.assign_values(cached)

@@ -29,22 +29,20 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-RATE_KEY = "applied_learning_rate"
-COUNT_KEY = "update_count"
-STATE_KEYS = (RATE_KEY, COUNT_KEY)
-# No update has written the cache: ``current_learning_rate`` derives the value.
-NO_UPDATE = -1
-# The attribute, checkpoint dependency and file group that hold the state.
-STATE_NAME = "_introspection_state"
-# The state's checkpoint child that saves the manifest (see _tf_keras_manifest).
-MANIFEST_CHILD = "_manifest"
+from introspect_opt._common.names import (
+    COUNT_KEY,
+    MANIFEST_CHILD,
+    NO_UPDATE,
+    RATE_KEY,
+    STATE_MODULE_NAME,
+)
 
 
 class AppliedRateState(tf.Module):
     """The rate the last applied update used, and the update it belongs to."""
 
     def __init__(self, rate_dtype: Any) -> None:
-        super().__init__(name="applied_learning_rate_state")
+        super().__init__(name=STATE_MODULE_NAME)
         # Constant initial values, created outside any tf.function: tf_keras
         # may build an optimizer inside a traced train function.
         with tf.init_scope():

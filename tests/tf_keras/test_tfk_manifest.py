@@ -24,6 +24,7 @@ import tf_keras
 from tfk_helpers import SCHEDULE, bits, make_model, plain_variables
 
 from introspect_opt import tf_keras as itk
+from introspect_opt._common.errors import RefusedLoad
 
 MANIFEST_KEY = "optimizer/_introspection_state/_manifest/.ATTRIBUTES/py_state"
 
@@ -231,8 +232,10 @@ def test_scenario_matrix(
         _assert_same(_snapshot(model), before, model_too=False)
         return
     if refused:
-        with pytest.raises(RuntimeError) as raised:
+        # docs/persistence.md: both worlds refuse with a ValueError (RefusedLoad).
+        with pytest.raises(ValueError) as raised:
             _load(model, fmt, path)
+        assert type(raised.value) is RefusedLoad, type(raised.value)
         message = str(raised.value)
         assert "skip_mismatch=True" in message
         assert type(optimizer).__name__ in message

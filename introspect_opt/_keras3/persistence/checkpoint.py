@@ -3,12 +3,12 @@
 A checkpoint tracks optimizer variables by position (``_variables/N``). Two
 things make our checkpoints complete and self-describing:
 
-* the state carries a child that saves the manifest (``_manifest``) as a
+* the state carries a child that saves the manifest (``_keras3.persistence.manifest``) as a
   string tensor. Restored, it refuses another class or slot layout before
   the optimizer's own variables are assigned (the optimizer lists the state
   first among its children, so TensorFlow restores it first), and hands the
   slots TensorFlow holds back for an unbuilt optimizer to the queue that
-  ``build`` matches by manifest (``_persistence.Pending``);
+  ``build`` matches by manifest (``queue.Pending``);
 * when slots wait in that queue, a save lists them under their positions
   (``_variables/N``), as a built optimizer would: the checkpoint holds
   everything, and a plain Keras optimizer restores it too.
@@ -23,12 +23,13 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from introspect_opt._common.errors import CHECKPOINT_SOURCE, RefusedLoad
+from introspect_opt._common.manifest import Manifest, decode
+from introspect_opt._common.names import STATE_ATTRIBUTE
 from introspect_opt._keras3 import compat as _keras_private
-from introspect_opt._keras3.persistence import files as _persistence
-from introspect_opt._keras3.persistence import manifest as _manifest
-from introspect_opt._keras3.state import check_entries
-
-_SOURCE = "the tf.train.Checkpoint being restored"
+from introspect_opt._keras3.persistence import matching as _matching
+from introspect_opt._keras3.persistence import queue as _queue
+from introspect_opt._keras3.persistence.entries import check_entries
 
 
 class ManifestRecord(_keras_private.Trackable):
@@ -54,17 +55,17 @@ class ManifestRecord(_keras_private.Trackable):
         state = self._state()
         owner = None if state is None else state.owner()
         if text and owner is not None:
-            manifest = _manifest.decode(np.frombuffer(text, np.uint8), _SOURCE)
+            manifest = decode(np.frombuffer(text, np.uint8), CHECKPOINT_SOURCE)
             restored(owner, state, manifest)
         return tf.no_op()
 
 
-def restored(optimizer: Any, state: Any, manifest: _manifest.Manifest) -> None:
+def restored(optimizer: Any, state: Any, manifest: Manifest) -> None:
     """A checkpoint with a manifest is being restored into ``optimizer`` (before its variables)."""
     try:
-        _persistence.check_identity(optimizer, manifest, _SOURCE)
-    except ValueError:
-        _persistence.restore_handled(state)  # it changed nothing, the queue included
+        _matching.check_identity(optimizer, manifest, CHECKPOINT_SOURCE)
+    except RefusedLoad:
+        _queue.restore_handled(state)  # it changed nothing, the queue included
         # Nothing of this checkpoint may reach the optimizer at build either:
         # neither its slots nor the state's entries TensorFlow holds for later.
         _keras_private.drop_waiting_checkpoint_slots(optimizer)
@@ -80,7 +81,7 @@ def _adopt_state_entries(state: Any) -> Any:
     values = _keras_private.waiting_checkpoint_values(state)
     if not values:
         return None
-    entries = check_entries(_Group(values), _SOURCE)
+    entries = check_entries(_Group(values), CHECKPOINT_SOURCE)
     holders = {name: _QueuedValue(value) for name, value in values.items()}
     _keras_private.drop_waiting_checkpoint_values(state, holders)
     state.__dict__["_adopted_entry_holders"] = holders
@@ -91,7 +92,7 @@ class _Group(dict):  # type: ignore[type-arg]
     """Checkpoint values by name, read like a file's group (``check_entries``)."""
 
 
-def adopt_waiting_slots(optimizer: Any, state: Any, manifest: _manifest.Manifest | None) -> None:
+def adopt_waiting_slots(optimizer: Any, state: Any, manifest: Manifest | None) -> None:
     """Moves the slots a checkpoint holds for an unbuilt optimizer into the queue.
 
     TensorFlow keeps them inside until ``build`` creates variables at their
@@ -99,7 +100,7 @@ def adopt_waiting_slots(optimizer: Any, state: Any, manifest: _manifest.Manifest
     and ``build`` matches them to the variables it is given.
     """
     waiting = _keras_private.waiting_checkpoint_slots(optimizer)
-    prefix_count = _persistence.prefix_count(optimizer)
+    prefix_count = _matching.prefix_count(optimizer)
     positions = sorted(waiting)
     if positions != list(range(prefix_count, prefix_count + len(positions))):
         return  # not a plain optimizer's layout: left to TensorFlow, as in plain Keras
@@ -109,21 +110,21 @@ def adopt_waiting_slots(optimizer: Any, state: Any, manifest: _manifest.Manifest
     if not waiting and entries is None:
         return
     prefix = optimizer._plain_variables()[:prefix_count]
-    values = [*_persistence.host_values(prefix), *(waiting[p] for p in positions)]
+    values = [*_matching.host_values(prefix), *(waiting[p] for p in positions)]
     # Read now and held here: TensorFlow would read them from the checkpoint
     # file at build, which a save to the same path or a CheckpointManager's
     # rotation may have replaced or deleted by then.
     holders = {p: _QueuedValue(waiting[p]) for p in positions}
     _keras_private.drop_waiting_checkpoint_slots(optimizer, holders)
-    _persistence.enqueue(optimizer, state, _SOURCE, values, entries, manifest)
-    _persistence.restore_handled(state)  # it is the newest in the queue now
+    _queue.enqueue(optimizer, state, CHECKPOINT_SOURCE, values, entries, manifest)
+    _queue.restore_handled(state)  # it is the newest in the queue now
     state.__dict__["_queued_values"] = (state.pending, [holders[p] for p in positions])
     entry_holders = state.__dict__.pop("_adopted_entry_holders", None)
     if entry_holders is not None:
         state.__dict__["_adopted_entries"] = (state.pending, entry_holders)
 
 
-def applied(optimizer: Any, state: Any, pending: Any, plan: _persistence.Plan) -> None:
+def applied(optimizer: Any, state: Any, pending: Any, plan: _matching.Plan) -> None:
     """A queue taken over from a checkpoint was applied at build: bind its entries there.
 
     The restore's status (``assert_consumed()`` ...) then counts the
@@ -131,7 +132,7 @@ def applied(optimizer: Any, state: Any, pending: Any, plan: _persistence.Plan) -
     """
     adopted = state.__dict__.pop("_queued_values", None)
     if adopted is not None and adopted[0] is pending:
-        count = _persistence.prefix_count(optimizer)
+        count = _matching.prefix_count(optimizer)
         for holder, variable in zip(adopted[1], plan.targets[count:], strict=False):
             _keras_private.rebind_checkpoint_value(holder, variable)
     entries = state.__dict__.pop("_adopted_entries", None)
@@ -148,8 +149,8 @@ def children_to_save(optimizer: Any, state: Any, children: dict[str, Any]) -> di
         adopt_waiting_slots(optimizer, state, None)
     children = dict(children)
     first = {}
-    if _persistence.STATE_ATTRIBUTE in children:
-        first[_persistence.STATE_ATTRIBUTE] = children.pop(_persistence.STATE_ATTRIBUTE)
+    if STATE_ATTRIBUTE in children:
+        first[STATE_ATTRIBUTE] = children.pop(STATE_ATTRIBUTE)
     pending = state.pending
     listed = _keras_private.VARIABLES_CHILD
     if pending is not None and pending.slots and listed in children:
@@ -195,7 +196,7 @@ class _QueuedValue(_keras_private.Trackable):
     """A queued slot, saved as the variable at its position would be."""
 
     def __init__(self, value: np.ndarray) -> None:
-        self._maybe_initialize_trackable()
+        _keras_private.initialize_trackable(self)
         self._value = value
 
     def _serialize_to_tensors(self) -> dict[str, Any]:
