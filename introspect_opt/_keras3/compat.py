@@ -2,10 +2,12 @@
 
 Keras 3 has no public hook for "the learning rate an update applied", for
 "walk this object when saving a ``.keras`` file", or for "evaluate the rate
-at another step". Each function below wraps exactly one private name. They were
-checked against Keras 3.15.0 and 3.15.1 (TensorFlow 2.20 and 2.21);
-``tests/test_keras_private.py`` fails loudly when a Keras release changes any
-of them.
+at another step". Each function below wraps exactly one private name (or
+one structure Keras does not document); nothing else in the package touches
+them. They were checked against Keras 3.15.0 and 3.15.1 with TensorFlow 2.21
+(docs/compat.md): the canary tests in ``tests/test_keras_private.py``
+(``pytest -m canary``) fail loudly, naming the Keras version and the name,
+when a release changes any of them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,62 @@ from keras.src.optimizers.schedules import learning_rate_schedule
 # which plain Keras optimizers insist on.
 from keras.src.saving.keras_saveable import KerasSaveable as KerasSaveable
 
+# Every name below stands for one private Keras or TensorFlow name (or a
+# structure Keras does not document). tests/test_keras_private.py lists a
+# canary test for each (`pytest -m canary`), and fails when a name is added
+# here without one.
+__all__ = [
+    "LOSS_SCALE_VARIABLE",
+    "MANIFEST_ATTRIBUTE",
+    "PRIVATE_HOOKS",
+    "SAVEABLE_TYPE_HOOK",
+    "TF_CHILDREN_HOOK",
+    "TF_LOOKUP_HOOK",
+    "TF_RESTORE_HOOK",
+    "TF_SAVE_HOOK",
+    "UPDATE_STEP_HOOK",
+    "VARIABLES_CHILD",
+    "VARIABLE_ATTRIBUTE",
+    "WRAPPED_CHILD",
+    "WRAPPER_CLASS",
+    "WRAPPER_LOAD",
+    "WRAPPER_VARIABLES_BEFORE_BUILD",
+    "WRAPPING_SIGNAL",
+    "CheckedWrapperLoad",
+    "KerasSaveable",
+    "Trackable",
+    "backend_class",
+    "checkpoint_waits_for",
+    "default_name",
+    "describe_store",
+    "drop_waiting_checkpoint_slots",
+    "drop_waiting_checkpoint_values",
+    "eager_scope",
+    "foreign_strategy",
+    "has_rate_variable",
+    "hook_wrapper_loads",
+    "initialize_trackable",
+    "is_restore_lookup",
+    "is_traced",
+    "learning_rate_at",
+    "learning_rate_source",
+    "point_store",
+    "public_class",
+    "raw_step_counter",
+    "read_child_group",
+    "rebind_checkpoint_value",
+    "store_entry_path",
+    "strategy_scope",
+    "sync_training_state",
+    "unnumbered_default_name",
+    "unpickle",
+    "variables_built_for",
+    "waiting_checkpoint_slots",
+    "waiting_checkpoint_values",
+    "wrapper_own_variables",
+    "wrapper_variables",
+]
+
 # The method that every Keras backend calls once per *applied* update with the
 # exact learning-rate value it hands to ``update_step`` (inside the
 # gradient-accumulation branch that really updates; never on skipped steps).
@@ -40,8 +98,46 @@ UPDATE_STEP_HOOK = "_backend_update_step"
 # called without arguments) and before it saves them (trackable_view.py:
 # called with the save type). The mixin overrides it on the TensorFlow
 # backend: before a save, state waiting for ``build`` is built in where safe;
-# before a restore, a file load still queued is superseded (see _persistence).
+# before a restore, a file load still queued is superseded (see _keras3.persistence).
 TF_CHILDREN_HOOK = "_trackable_children"
+
+# More of TensorFlow's Trackable protocol (tensorflow/python/trackable/base.py,
+# checked against TensorFlow 2.20 and 2.21), which the state and the objects
+# that stand in for queued slots implement:
+# * ``_lookup_dependency(name, cached_dependencies)``: a restore asks for each
+#   child it holds by name, passing the children it listed (``is_restore_lookup``);
+# * ``_serialize_to_tensors()`` / ``_restore_from_tensors(tensors)``: what an
+#   object without variables saves, as a dict of tensors by attribute name.
+TF_LOOKUP_HOOK = "_lookup_dependency"
+TF_SAVE_HOOK = "_serialize_to_tensors"
+TF_RESTORE_HOOK = "_restore_from_tensors"
+
+# ``saving_lib._walk_saveable`` asks every ``KerasSaveable`` for its kind with
+# ``_obj_type()`` and skips the attributes Keras's own objects of that kind
+# have (``get_attr_skipset``). The state answers "Optimizer".
+SAVEABLE_TYPE_HOOK = "_obj_type"
+
+# Every private method our classes override: a test fails when a class of
+# ours overrides a private Keras or TensorFlow method not listed here.
+PRIVATE_HOOKS = frozenset(
+    {
+        UPDATE_STEP_HOOK,
+        TF_CHILDREN_HOOK,
+        TF_LOOKUP_HOOK,
+        TF_SAVE_HOOK,
+        TF_RESTORE_HOOK,
+        SAVEABLE_TYPE_HOOK,
+    }
+)
+
+
+def is_restore_lookup(cached_dependencies: Any) -> bool:
+    """Whether a ``_lookup_dependency`` call comes from a checkpoint restore.
+
+    A restore passes the children it listed; ``Trackable._track_trackable``
+    (an attribute being set) passes nothing.
+    """
+    return cached_dependencies is not None
 
 
 def backend_class(optimizer_class: type) -> type:
@@ -74,6 +170,37 @@ def raw_step_counter(optimizer: Any) -> Any:
     schedule is evaluated at the raw counter.
     """
     return optimizer._iterations
+
+
+def variables_built_for(optimizer: Any) -> list[Any]:
+    """The model variables a built optimizer tracks (``_trainable_variables``), in order.
+
+    ``apply(grads)`` without variables updates these; slots belong to them
+    by position.
+    """
+    return list(optimizer._trainable_variables)
+
+
+def unpickle(optimizer_class: type, *args: Any) -> Any:
+    """Rebuilds an object of ``optimizer_class`` from the arguments its pickle holds.
+
+    ``KerasSaveable.__reduce__`` returns ``(self._unpickle_model, args)`` (a
+    whole ``.keras`` archive in memory); this calls that class method.
+    """
+    cls: Any = optimizer_class
+    return cls._unpickle_model(*args)
+
+
+def sync_training_state(model: Any) -> None:
+    """Puts the state that ``fit`` keeps off the variables back onto them (JAX only).
+
+    On JAX, ``fit`` carries the training state outside the variables between
+    steps; ``JAXTrainer.jax_state_sync`` (public name, undocumented) writes
+    it back. Elsewhere there is nothing to do.
+    """
+    sync = getattr(model, "jax_state_sync", None)
+    if sync is not None:
+        sync()
 
 
 def learning_rate_at(optimizer: Any, step: Any) -> Any:
@@ -246,13 +373,30 @@ def learning_rate_source(optimizer: Any) -> Any:
     return optimizer._learning_rate
 
 
+def store_entry_path(store: Any) -> str | None:
+    """The group a Keras weights store points at (``H5IOStore._h5_entry_path``), if any."""
+    path = getattr(store, "_h5_entry_path", None)
+    return None if path is None else str(path)
+
+
+def point_store(store: Any, path: str | None, child: str | None = None) -> None:
+    """Points a Keras HDF5 store at group ``path``, or at its attribute ``child``'s group.
+
+    ``H5IOStore.get(path)`` moves the store, which then reads that group's
+    entries (``keys()``, ``store[key]``).
+    """
+    if child is not None:
+        path = f"{path}/{child}" if path else child
+    store.get(path)
+
+
 def describe_store(store: Any) -> str:
     """Names the file behind a Keras weights store, for error messages."""
     archive = getattr(store, "archive", None)
     inner = getattr(store, "path_or_io", None)
     if inner is None:  # ShardedH5IOStore: the .weights.json its shards are listed in
         inner = getattr(store, "path", None)
-    entry = getattr(store, "_h5_entry_path", None)
+    entry = store_entry_path(store)
     if archive is not None and getattr(archive, "filename", None):
         where = f"{archive.filename} (member {inner})"
     elif isinstance(inner, io.IOBase):
@@ -397,6 +541,15 @@ def drop_waiting_checkpoint_values(trackable: Any, holders: dict[str, Any] | Non
     waiting.clear()
 
 
+def initialize_trackable(trackable: Any) -> None:
+    """Sets up the bookkeeping of a Trackable whose ``__init__`` does not call Trackable's.
+
+    ``Trackable`` has no constructor of its own; its attributes are created
+    on first need by ``_maybe_initialize_trackable``.
+    """
+    trackable._maybe_initialize_trackable()
+
+
 def rebind_checkpoint_value(holder: Any, variable: Any) -> None:
     """Binds the checkpoint entries a holder took over to the variable that now has the value.
 
@@ -407,7 +560,7 @@ def rebind_checkpoint_value(holder: Any, variable: Any) -> None:
         checkpoint = position.checkpoint
         checkpoint.object_by_proto_id[position.proto_id] = variable
         checkpoint.all_python_objects.add(variable)
-        variable._maybe_initialize_trackable()
+        initialize_trackable(variable)
         variable._update_uid = checkpoint.restore_uid
 
 
@@ -419,15 +572,14 @@ def read_child_group(store: Any, child: str) -> dict[str, Any]:
     points). Reading the state's group from there lets the optimizer check
     everything before it assigns anything; the store is pointed back after.
     """
-    path = getattr(store, "_h5_entry_path", None)
+    path = store_entry_path(store)
     if path is None or not callable(getattr(store, "get", None)):
         raise TypeError(
             "introspect_opt reads optimizer state from Keras's HDF5 weights "
             f"(.keras, .weights.h5); received a {type(store).__name__}."
         )
-    child_path = f"{path}/{child}" if path else child
     try:
-        store.get(child_path)
+        point_store(store, path, child)
         return {key: store[key] for key in list(store.keys())}
     finally:
-        store.get(path)
+        point_store(store, path)

@@ -2,9 +2,11 @@
 
 tf_keras has no public hook for "the learning rate an update applied" nor for
 "evaluate the rate at another step". Each name below wraps exactly one private
-name of tf_keras or TensorFlow. They were checked against tf-keras 2.21.0 with
-TensorFlow 2.21; ``tests/tf_keras/test_tfk_private.py`` fails loudly when a
-release changes any of them.
+name of tf_keras or TensorFlow (or one structure they do not document); nothing
+else in the package touches them. They were checked against tf-keras 2.21.0
+with TensorFlow 2.21 (docs/compat.md): the canary tests in
+``tests/tf_keras/test_tfk_private.py`` (``pytest -m canary``) fail loudly,
+naming the tf_keras version and the name, when a release changes any of them.
 
 This module is the first to import ``tf_keras``: importing it without the
 ``tf-keras`` package installed raises an ``ImportError`` that says what to
@@ -33,11 +35,69 @@ import tensorflow as tf
 from tf_keras.src.optimizers import optimizer as _new_optimizer_module
 from tf_keras.src.optimizers.legacy import optimizer_v2 as _legacy_optimizer_module
 
+# Every name below stands for one tf_keras or TensorFlow name, private or not
+# (``floatx``, ``Model``: one place to import tf_keras from). The test file
+# tests/tf_keras/test_tfk_private.py lists a canary test for each
+# (`pytest -m canary`), and fails when a name is added here without one.
+__all__ = [
+    "ENTRIES_GROUP",
+    "LEGACY_CREATE_HOOK",
+    "LEGACY_RATE_KEY",
+    "LEGACY_SLOT_RESTORE_HOOK",
+    "LEGACY_STEP_CHILDREN",
+    "LEGACY_UPDATE_HOOK",
+    "LOSS_SCALE_INNER_GROUP",
+    "NEW_STEP_CHILDREN",
+    "NEW_UPDATE_HOOK",
+    "PRIVATE_HOOKS",
+    "RESTORE_HOOK",
+    "TF_CHILDREN_HOOK",
+    "Callback",
+    "LearningRateSchedule",
+    "LegacyOptimizer",
+    "LossScaleOptimizer",
+    "Model",
+    "NewOptimizer",
+    "alias_bare_name",
+    "describe_store",
+    "drop_deferred_restores",
+    "floatx",
+    "forget_coalesced_children",
+    "h5_parent",
+    "is_dtensor",
+    "is_restore_lookup",
+    "legacy_create_counter_and_hypers",
+    "legacy_create_slots",
+    "legacy_decayed_lr",
+    "legacy_drop_deferred_slot_restores",
+    "legacy_has_counter",
+    "legacy_initial_decay",
+    "legacy_name",
+    "legacy_rate_hyper",
+    "legacy_rate_ignores_decay",
+    "legacy_rate_in_apply_state",
+    "legacy_remove_slot",
+    "new_is_built",
+    "new_learning_rate_source",
+    "new_pending_slot_restores",
+    "new_variable_list",
+    "optimizer_label",
+    "position_restore_uid",
+    "register_serializable",
+    "restore_uid",
+    "strategy_scope",
+    "track",
+]
+
 NewOptimizer: Any = tf_keras.optimizers.Optimizer
 LegacyOptimizer: Any = tf_keras.optimizers.legacy.Optimizer
 LearningRateSchedule: Any = tf_keras.optimizers.schedules.LearningRateSchedule
 Model: Any = tf_keras.Model
 Callback: Any = tf_keras.callbacks.Callback
+# tf_keras's saving_lib keeps an object's own entries in the group ``vars``
+# under the object's group in ``.keras`` / ``.weights.h5`` files
+# (``H5IOStore.get``); the cached rate's group sits beside it.
+ENTRIES_GROUP = "vars"
 # The group under which a LossScaleOptimizerV3 (tf_keras's saving_lib walks its
 # `inner_optimizer` attribute) saves the optimizer it wraps in .keras /
 # .weights.h5 files, next to its own entries: a copy of that optimizer's.
@@ -110,6 +170,57 @@ LEGACY_STEP_CHILDREN = frozenset({"iter"})
 # children as the second argument; only afterwards does it assign all restored
 # values at once. ``Trackable._track_trackable`` asks too, without it.
 RESTORE_HOOK = "_lookup_dependency"
+
+# TensorFlow's checkpointing protocol: ``tf.train.Checkpoint`` and SavedModel
+# list an object's children through this method, with the save type
+# (``"checkpoint"`` or ``"savedmodel"``). The state leaves its manifest out of
+# SavedModels.
+TF_CHILDREN_HOOK = "_trackable_children"
+
+# Legacy optimizer: ``apply_gradients`` calls ``_create_all_weights(var_list)``
+# on every update, under ``tf.init_scope()`` and the optimizer's name scope,
+# before anything reads the variables; it creates the step counter, the
+# hyperparameters and the slots of ``var_list`` that do not exist yet.
+LEGACY_CREATE_HOOK = "_create_all_weights"
+
+
+def new_is_built(optimizer: Any) -> bool:
+    """Whether a new optimizer was built (``Optimizer._built``, absent before ``build``)."""
+    return bool(getattr(optimizer, "_built", False))
+
+
+def legacy_create_slots(optimizer: Any, var_list: Any) -> None:
+    """Creates a legacy optimizer's counter, hyperparameters and slots for ``var_list``.
+
+    What its first ``apply_gradients`` does (``LEGACY_CREATE_HOOK``), without
+    applying anything.
+    """
+    getattr(optimizer, LEGACY_CREATE_HOOK)(var_list)
+
+
+def optimizer_label(optimizer: Any) -> str:
+    """An optimizer's name: ``name`` (new family) or ``_name`` (legacy, which has no ``name``)."""
+    return str(getattr(optimizer, "name", None) or getattr(optimizer, "_name", "?"))
+
+
+def legacy_rate_in_apply_state(apply_state: Any, dtype: Any) -> Any:
+    """The ``lr_t`` tensor a legacy update read for variables of ``dtype``, or None.
+
+    ``OptimizerV2._prepare`` keys ``apply_state`` by ``(device, dtype)``;
+    every device holds the same value. With variables of several dtypes, the
+    one of the cache's dtype is taken, else the first.
+    """
+    if not apply_state:
+        return None
+    found = [
+        (str(device), str(var_dtype), coefficients[LEGACY_RATE_KEY], var_dtype)
+        for (device, var_dtype), coefficients in apply_state.items()
+        if LEGACY_RATE_KEY in coefficients
+    ]
+    if not found:
+        return None
+    found.sort(key=lambda item: (item[3] != dtype, item[0], item[1]))
+    return found[0][2]
 
 
 def is_restore_lookup(cached_dependencies: Any) -> bool:
@@ -254,6 +365,19 @@ def describe_store(store: Any) -> str:
 # checked between the two; a refusal undoes what the walk did. Every object
 # the walk reaches takes the restore's number in ``_update_uid``.
 LEGACY_SLOT_RESTORE_HOOK = "_create_or_restore_slot_variable"
+
+# Every private method our classes override: a test fails when a class of
+# ours overrides a private tf_keras or TensorFlow method not listed here.
+PRIVATE_HOOKS = frozenset(
+    {
+        NEW_UPDATE_HOOK,
+        LEGACY_UPDATE_HOOK,
+        RESTORE_HOOK,
+        TF_CHILDREN_HOOK,
+        LEGACY_CREATE_HOOK,
+        LEGACY_SLOT_RESTORE_HOOK,
+    }
+)
 
 
 def restore_uid(trackable: Any) -> int:

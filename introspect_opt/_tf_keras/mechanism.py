@@ -2,7 +2,7 @@
 
 One mixin per optimizer family, placed before the tf_keras class in the bases:
 
-* the cached-rate state (two scalar variables, see ``_tf_keras_state``),
+* the cached-rate state (two scalar variables, see ``_tf_keras.state``),
   created where the plain optimizer creates its own variables, in the scope of
   the strategy it was created under, as a named checkpoint dependency outside
   ``optimizer.variables``: a new optimizer's at construction (as its step
@@ -10,11 +10,11 @@ One mixin per optimizer family, placed before the tf_keras class in the bases:
   step counter, so TF1-style graph code can create the optimizer eagerly and
   use it inside a ``tf.Graph``);
 * on every applied update: one write of the learning rate the update applied,
-  taken from the very tensor the update read (see ``_tf_keras_private`` for
+  taken from the very tensor the update read (see ``_tf_keras.compat`` for
   the hook of each family), and of ``iterations`` after it;
 * ``current_learning_rate``: a snapshot of that value, or, while no update or
   file recorded one, the rate derived from the step counter;
-* strict, all-or-nothing loading (``_tf_keras_persistence``).
+* strict, all-or-nothing loading (``_tf_keras.persistence``).
 
 Everything else (constructor, config, slots, the update arithmetic) is the
 plain tf_keras class's, so weights stay bit-identical.
@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
 
+from introspect_opt._common.names import MANIFEST_CHILD, STATE_ATTRIBUTE
 from introspect_opt._tf_keras import compat as private
 from introspect_opt._tf_keras import manifest as manifest
 from introspect_opt._tf_keras import persistence as persistence
-from introspect_opt._tf_keras.state import STATE_NAME, AppliedRateState
+from introspect_opt._tf_keras.state import AppliedRateState
 
 if TYPE_CHECKING:
     _Base = Any
@@ -42,11 +43,11 @@ def _attach_state(optimizer: Any, rate_dtype: Any) -> AppliedRateState:
     with private.strategy_scope(optimizer):
         state = AppliedRateState(rate_dtype)
     # Its checkpoint child that saves the manifest (a tracked attribute).
-    setattr(state, manifest.MANIFEST_CHILD, manifest.ManifestRecord(optimizer))
+    setattr(state, MANIFEST_CHILD, manifest.ManifestRecord(optimizer))
     # The new optimizer (an AutoTrackable) tracks attributes by name; the legacy
     # one (a plain Trackable) is told explicitly.
-    optimizer.__dict__[STATE_NAME] = state
-    private.track(optimizer, state, STATE_NAME)
+    optimizer.__dict__[STATE_ATTRIBUTE] = state
+    private.track(optimizer, state, STATE_ATTRIBUTE)
     return state
 
 
@@ -96,7 +97,7 @@ class _IntrospectionMixin(_Base):
 
     def _introspect_state(self) -> AppliedRateState:
         """The cached-rate state, created now (in the current graph) if it does not exist."""
-        state = self.__dict__.get(STATE_NAME)
+        state = self.__dict__.get(STATE_ATTRIBUTE)
         if state is None:
             state = _attach_state(self, self._introspect_rate_dtype())
         return state
@@ -128,7 +129,7 @@ class _IntrospectionMixin(_Base):
         # every child first and assigns all values afterwards, so a cache in
         # the checkpoint overwrites this mark. (Checked against TF 2.21.)
         if private.is_restore_lookup(cached_dependencies):
-            state = self.__dict__.get(STATE_NAME)
+            state = self.__dict__.get(STATE_ATTRIBUTE)
             if state is not None and name in self._introspect_step_children:
                 self._introspect_remember_before_restore(state)
                 state.forget()
@@ -151,7 +152,7 @@ class _IntrospectionMixin(_Base):
     def _introspect_refuse_restore(self, uid: int) -> None:
         """Undoes what checkpoint restore ``uid`` did before its manifest refused it."""
         saved = self.__dict__.pop("_introspect_rollback", None)
-        state = self.__dict__.get(STATE_NAME)
+        state = self.__dict__.get(STATE_ATTRIBUTE)
         if state is not None and saved is not None and saved[0] == uid:
             state.assign_values(saved[1])
         for trackable in (self, state):
@@ -234,7 +235,7 @@ class NewIntrospectionMixin(_IntrospectionMixin):
     def _distributed_apply_gradients_fn(
         self, distribution: Any, grads_and_vars: Any, **kwargs: Any
     ) -> Any:
-        # See _tf_keras_private.NEW_UPDATE_HOOK: runs once per applied update,
+        # See _tf_keras.compat.NEW_UPDATE_HOOK: runs once per applied update,
         # after every variable update (which read this very variable).
         iteration = super()._distributed_apply_gradients_fn(distribution, grads_and_vars, **kwargs)
         self._introspect_state().record(tf.identity(self.learning_rate), self.iterations)
@@ -250,13 +251,13 @@ class NewIntrospectionMixin(_IntrospectionMixin):
         return list(super().variables)
 
     def _introspect_is_built(self) -> bool:
-        return bool(getattr(self, "_built", False))
+        return private.new_is_built(self)
 
     def build(self, var_list: Any) -> None:
         """Creates the optimizer's variables for ``var_list``, as the tf_keras class does.
 
         Also remembers ``var_list``: the manifest records which model variable
-        each slot belongs to (see ``_tf_keras_manifest``).
+        each slot belongs to (see ``_tf_keras.manifest``).
 
         Args:
             var_list: The model variables to create slots for.
@@ -410,7 +411,7 @@ class LegacyIntrospectionMixin(_IntrospectionMixin):
         variable: Any,
         slot_variable_shape: Any = None,
     ) -> Any:
-        # See _tf_keras_private.LEGACY_SLOT_RESTORE_HOOK: a restore creates the
+        # See _tf_keras.compat.LEGACY_SLOT_RESTORE_HOOK: a restore creates the
         # slots of an optimizer that has none yet, eagerly, while it walks the
         # checkpoint, before the manifest is checked. Remember which, so that a
         # refusal can remove them.
@@ -446,7 +447,7 @@ class LegacyIntrospectionMixin(_IntrospectionMixin):
     def _introspect_create_counter_and_state(self) -> None:
         """Creates the step counter, hyperparameters and state, if missing (not the slots)."""
         private.legacy_create_counter_and_hypers(self)
-        if self.__dict__.get(STATE_NAME) is None:
+        if self.__dict__.get(STATE_ATTRIBUTE) is None:
             with tf.name_scope(private.legacy_name(self)), tf.init_scope():
                 self._introspect_state()
 
@@ -474,12 +475,12 @@ class LegacyIntrospectionMixin(_IntrospectionMixin):
     def _distributed_apply(
         self, distribution: Any, grads_and_vars: Any, apply_state: Any, name: Any = None
     ) -> Any:
-        # See _tf_keras_private.LEGACY_UPDATE_HOOK: `apply_state` holds the very
+        # See _tf_keras.compat.LEGACY_UPDATE_HOOK: `apply_state` holds the very
         # rate tensors the variable updates read, computed before `iterations`
         # moved. (A subclass that keeps no `lr_t` there: the same computation,
         # done here before the update increments the counter.)
         state = self._introspect_state()
-        rate = _rate_in_apply_state(apply_state, state.rate_dtype)
+        rate = private.legacy_rate_in_apply_state(apply_state, state.rate_dtype)
         if rate is None:
             rate = tf.identity(private.legacy_decayed_lr(self, state.rate_dtype))
         if tf.executing_eagerly():
@@ -514,23 +515,3 @@ class LegacyIntrospectionMixin(_IntrospectionMixin):
 
     def _introspect_is_built(self) -> bool:
         return True  # set_weights checks the count against what exists
-
-
-def _rate_in_apply_state(apply_state: Any, dtype: Any) -> Any:
-    """The ``lr_t`` tensor the legacy update read for variables of ``dtype``.
-
-    Keys are ``(device, dtype)``; every device holds the same value. With
-    variables of several dtypes, the one of the cache's dtype is taken, else
-    the first.
-    """
-    if not apply_state:
-        return None
-    found = [
-        (str(device), str(var_dtype), coefficients[private.LEGACY_RATE_KEY], var_dtype)
-        for (device, var_dtype), coefficients in apply_state.items()
-        if private.LEGACY_RATE_KEY in coefficients
-    ]
-    if not found:
-        return None
-    found.sort(key=lambda item: (item[3] != dtype, item[0], item[1]))
-    return found[0][2]
