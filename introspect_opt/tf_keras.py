@@ -9,62 +9,28 @@ explicitly; ``import introspect_opt`` gives these names too when
 ``tf-keras`` package. See docs/keras2.md.
 """
 
+import typing as _typing
+
 from introspect_opt._tf_keras.callbacks import LearningRateLogger as LearningRateLogger
 from introspect_opt._tf_keras.factory import current_learning_rate as current_learning_rate
 from introspect_opt._tf_keras.factory import introspect as introspect
 from introspect_opt._tf_keras.factory import introspectable as introspectable
-from introspect_opt._tf_keras.optimizers import IntrospectableAdadelta as IntrospectableAdadelta
-from introspect_opt._tf_keras.optimizers import IntrospectableAdafactor as IntrospectableAdafactor
-from introspect_opt._tf_keras.optimizers import IntrospectableAdagrad as IntrospectableAdagrad
-from introspect_opt._tf_keras.optimizers import IntrospectableAdam as IntrospectableAdam
-from introspect_opt._tf_keras.optimizers import IntrospectableAdamax as IntrospectableAdamax
-from introspect_opt._tf_keras.optimizers import IntrospectableAdamW as IntrospectableAdamW
-from introspect_opt._tf_keras.optimizers import IntrospectableFtrl as IntrospectableFtrl
-from introspect_opt._tf_keras.optimizers import (
-    IntrospectableLegacyAdadelta as IntrospectableLegacyAdadelta,
-)
-from introspect_opt._tf_keras.optimizers import (
-    IntrospectableLegacyAdagrad as IntrospectableLegacyAdagrad,
-)
-from introspect_opt._tf_keras.optimizers import IntrospectableLegacyAdam as IntrospectableLegacyAdam
-from introspect_opt._tf_keras.optimizers import (
-    IntrospectableLegacyAdamax as IntrospectableLegacyAdamax,
-)
-from introspect_opt._tf_keras.optimizers import IntrospectableLegacyFtrl as IntrospectableLegacyFtrl
-from introspect_opt._tf_keras.optimizers import (
-    IntrospectableLegacyNadam as IntrospectableLegacyNadam,
-)
-from introspect_opt._tf_keras.optimizers import (
-    IntrospectableLegacyRMSprop as IntrospectableLegacyRMSprop,
-)
-from introspect_opt._tf_keras.optimizers import IntrospectableLegacySGD as IntrospectableLegacySGD
-from introspect_opt._tf_keras.optimizers import IntrospectableLion as IntrospectableLion
-from introspect_opt._tf_keras.optimizers import IntrospectableNadam as IntrospectableNadam
-from introspect_opt._tf_keras.optimizers import IntrospectableRMSprop as IntrospectableRMSprop
-from introspect_opt._tf_keras.optimizers import IntrospectableSGD as IntrospectableSGD
 
-__all__ = [
-    "IntrospectableAdadelta",
-    "IntrospectableAdafactor",
-    "IntrospectableAdagrad",
-    "IntrospectableAdam",
-    "IntrospectableAdamW",
-    "IntrospectableAdamax",
-    "IntrospectableFtrl",
-    "IntrospectableLegacyAdadelta",
-    "IntrospectableLegacyAdagrad",
-    "IntrospectableLegacyAdam",
-    "IntrospectableLegacyAdamax",
-    "IntrospectableLegacyFtrl",
-    "IntrospectableLegacyNadam",
-    "IntrospectableLegacyRMSprop",
-    "IntrospectableLegacySGD",
-    "IntrospectableLion",
-    "IntrospectableNadam",
-    "IntrospectableRMSprop",
-    "IntrospectableSGD",
-    "LearningRateLogger",
-    "current_learning_rate",
-    "introspect",
-    "introspectable",
-]
+# Every Introspectable[Legacy]<Name> class: one line each, in the table of
+# introspect_opt/_tf_keras/optimizers.py.
+from introspect_opt._tf_keras.optimizers import *  # noqa: F403
+
+if not _typing.TYPE_CHECKING:
+    # Type checkers take the exports from the imports above ("X as X" and the
+    # star import): mypy cannot add the table's derived __all__ to a literal one.
+    from introspect_opt._tf_keras import optimizers as _optimizers
+
+    __all__ = sorted(
+        [
+            "LearningRateLogger",
+            "current_learning_rate",
+            "introspect",
+            "introspectable",
+            *_optimizers.__all__,
+        ]
+    )

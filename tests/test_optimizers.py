@@ -24,6 +24,7 @@ from helpers import (
 )
 
 import introspect_opt
+from introspect_opt._keras3.factory import ready_made
 
 
 def _pair(name: str) -> tuple[Any, Any]:
@@ -32,14 +33,45 @@ def _pair(name: str) -> tuple[Any, Any]:
 
 
 def test_every_keras_optimizer_has_a_ready_made_class() -> None:
-    """A Keras release that adds an optimizer fails here until it is covered."""
+    """A Keras release that adds an optimizer fails here until the table has its line."""
     assert len(KERAS_OPTIMIZERS) >= 13
+    missing = [n for n in KERAS_OPTIMIZERS if f"Introspectable{n}" not in introspect_opt.__all__]
+    assert not missing, "\n".join(
+        f"keras.optimizers.{name} has no ready-made class. Add this line to the table in "
+        f"introspect_opt/_keras3/optimizers.py (the one place to edit): class "
+        f"Introspectable{name}(IntrospectableOptimizer, _keras.optimizers.{name}): ..."
+        for name in missing
+    )
+    ready_made = {n for n in introspect_opt.__all__ if n.startswith("Introspectable")}
+    assert ready_made - {"IntrospectableOptimizer"} == {
+        f"Introspectable{n}" for n in KERAS_OPTIMIZERS
+    }
     for name in KERAS_OPTIMIZERS:
         plain_cls, ours = _pair(name)
         assert issubclass(ours, plain_cls)
         assert introspect_opt.introspectable(plain_cls) is ours
-        assert f"Introspectable{name}" in introspect_opt.__all__
         assert keras.saving.get_registered_name(ours) == f"introspect_opt>Introspectable{name}"
+    assert "Args:" in introspect_opt.IntrospectableSGD.__doc__  # its own docstring kept
+
+
+def test_the_table_refuses_a_malformed_line() -> None:
+    """Table lines other than `class Introspectable<Name>(IntrospectableOptimizer, <Name>)`."""
+
+    class IntrospectableAdamm(introspect_opt.IntrospectableOptimizer, keras.optimizers.Adam): ...
+
+    class IntrospectableNadam(introspect_opt.IntrospectableOptimizer, keras.optimizers.Nadam):
+        def update_step(self, *args: Any) -> None: ...
+
+    class IntrospectableLion(keras.optimizers.Lion): ...
+
+    with pytest.raises(
+        TypeError, match=r"IntrospectableAdamm extends Adam: name it IntrospectableAdam\."
+    ):
+        ready_made(IntrospectableAdamm)
+    for declared in (IntrospectableNadam, IntrospectableLion):
+        with pytest.raises(TypeError, match=r"declare a ready-made class as `class Intro"):
+            ready_made(declared)
+    assert introspect_opt.introspectable(keras.optimizers.Adam) is introspect_opt.IntrospectableAdam
 
 
 def _built(optimizer: Any) -> Any:

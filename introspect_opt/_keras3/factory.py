@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import keras
 
+from introspect_opt._common.errors import describe_value
 from introspect_opt._keras3 import compat as _keras_private
 from introspect_opt._keras3.mixin import IntrospectableOptimizer, rate_dtype
-from introspect_opt._keras3.resolve import describe_value, is_multi_optimizer
+from introspect_opt._keras3.resolve import is_multi_optimizer
 
 # Keras base class -> its introspectable subclass (one per base, forever).
 _CLASSES: dict[type, type] = {}
 
+_Declared = TypeVar("_Declared", bound=IntrospectableOptimizer)
+
+# What a class statement puts in its class's namespace by itself.
+_STATEMENT_KEYS = frozenset(
+    {"__module__", "__qualname__", "__doc__", "__firstlineno__", "__static_attributes__"}
+)
+
 _WRAPPERS = (keras.optimizers.LossScaleOptimizer,)
 
 
-def _check_class(optimizer_class: Any) -> None:
+def _check_class(optimizer_class: object) -> None:
     if not isinstance(optimizer_class, type):
         raise TypeError(
             "introspectable() expects a Keras 3 optimizer class such as "
@@ -65,15 +73,22 @@ def _docstring(base: type, name: str, from_keras: bool) -> str:
     return text
 
 
-def introspectable(optimizer_class: type[Any]) -> type[IntrospectableOptimizer]:
+def introspectable(optimizer_class: type[object]) -> type[IntrospectableOptimizer]:
     """Returns the introspectable subclass of a Keras 3 optimizer class.
 
     The subclass, named ``Introspectable<ClassName>``, has the same constructor,
     config and bit-identical updates, adds ``current_learning_rate``, and is
     registered for Keras serialization under the package ``introspect_opt``
-    (``introspect_opt.<module>`` for classes from outside Keras). Repeated
-    calls return the same class; a class that already is introspectable is
-    returned as is.
+    (``introspect_opt.<module>`` for classes from outside Keras). For Keras's
+    own optimizers it returns the ready-made classes (``IntrospectableAdam``,
+    ...). Repeated calls return the same class; a class that already is
+    introspectable is returned as is.
+
+    Type checkers see the result as ``type[IntrospectableOptimizer]``, the base
+    every introspectable class of this Keras shares: its instances have
+    ``current_learning_rate`` and every attribute of a Keras optimizer. No
+    annotation can say "the class you passed, made introspectable"; the
+    ready-made classes are typed exactly.
 
     Args:
         optimizer_class: A subclass of ``keras.optimizers.Optimizer``: a
@@ -83,8 +98,9 @@ def introspectable(optimizer_class: type[Any]) -> type[IntrospectableOptimizer]:
         The introspectable subclass.
 
     Raises:
-        TypeError: ``optimizer_class`` is not a Keras 3 optimizer class, or is
-            a wrapper such as ``LossScaleOptimizer``.
+        TypeError: ``optimizer_class`` is not a Keras 3 optimizer class (a
+            tf_keras class, an instance, anything else), is abstract, or is a
+            wrapper such as ``LossScaleOptimizer``.
 
     Examples:
         >>> import keras, introspect_opt
@@ -121,15 +137,47 @@ def introspectable(optimizer_class: type[Any]) -> type[IntrospectableOptimizer]:
             package=package, name=f"Introspectable{optimizer_class.__qualname__}"
         )(cls)
         _CLASSES[optimizer_class] = cls
-    return cls
+    made: type[IntrospectableOptimizer] = cls
+    return made
 
 
-def register(base: type, cls: type) -> None:
-    """Records a hand-written introspectable class as the one for ``base``."""
-    _CLASSES[base] = cls
+def ready_made(declared: type[_Declared]) -> type[_Declared]:
+    """Puts ``introspectable(<Keras class>)`` in place of its declaration in ``optimizers.py``.
+
+    Each ready-made class is one statement there, its entry in the table:
+    ``class Introspectable<Name>(IntrospectableOptimizer, keras.optimizers.<Name>): ...``.
+    Type checkers read that statement. At run time the class is the one
+    ``introspectable(keras.optimizers.<Name>)`` makes (over the fused variant
+    Keras instantiates on torch, registered, documented), with the
+    statement's docstring where it has one. The statement's class is not
+    kept, so it may hold nothing else.
+
+    Raises:
+        TypeError: The statement is not of that form, or names the class
+            differently from ``introspectable``.
+    """
+    bases = declared.__bases__
+    if (
+        len(bases) != 2
+        or bases[0] is not IntrospectableOptimizer
+        or set(vars(declared)) - _STATEMENT_KEYS
+    ):
+        raise TypeError(
+            f"{declared.__qualname__}: declare a ready-made class as `class "
+            "Introspectable<Name>(IntrospectableOptimizer, keras.optimizers.<Name>): ...`, "
+            "with at most a docstring in its body (introspectable() makes the class)."
+        )
+    cls = introspectable(bases[1])
+    if cls.__name__ != declared.__name__:
+        raise TypeError(
+            f"{declared.__qualname__} extends {bases[1].__qualname__}: name it {cls.__name__}."
+        )
+    if declared.__doc__:
+        cls.__doc__ = declared.__doc__
+    return cast("type[_Declared]", cls)
 
 
-def introspect(optimizer: Any) -> IntrospectableOptimizer:
+def introspect(optimizer: object) -> IntrospectableOptimizer:
     """Makes an optimizer instance somebody else built introspectable, in place.
 
     The instance becomes an instance of ``introspectable(type(optimizer))``
@@ -150,16 +198,31 @@ def introspect(optimizer: Any) -> IntrospectableOptimizer:
     optimizer does. Finding such a wrapper scans the objects in memory once:
     about 0.1 to 0.3 seconds in a process that has TensorFlow or torch loaded.
 
+    A ``keras.optimizers.MultiOptimizer`` applies no updates itself: each of
+    its sub-optimizers is made introspectable in place, by these same rules,
+    and the ``MultiOptimizer`` is returned unchanged (read its rates with
+    ``introspect_opt.current_learning_rate(multi)``, a dict by label). Call it
+    before the ``MultiOptimizer`` is built when a function (rather than an
+    ``OptimizerMap``) chooses the sub-optimizers: it can reach them only
+    once built (return introspectable optimizers from the function instead).
+
     Args:
-        optimizer: A Keras 3 optimizer instance (not a ``LossScaleOptimizer``:
-            pass its ``inner_optimizer``).
+        optimizer: A Keras 3 optimizer instance, or a ``MultiOptimizer`` (not
+            a ``LossScaleOptimizer``: pass its ``inner_optimizer``).
 
     Returns:
-        The same object.
+        The same object. Type checkers see it as ``IntrospectableOptimizer``,
+        the base every introspectable class of this Keras shares: it has
+        ``current_learning_rate`` and every attribute of a Keras optimizer.
+
+        A ``MultiOptimizer`` comes back too, its sub-optimizers made
+        introspectable: only they have ``current_learning_rate``.
 
     Raises:
-        TypeError: ``optimizer`` is not a Keras 3 optimizer instance, or is a
-            wrapper.
+        TypeError: ``optimizer`` is not a Keras 3 optimizer instance (a
+            tf_keras one, a class, anything else), or is a wrapper.
+        ValueError: ``optimizer`` is an unbuilt ``MultiOptimizer`` whose
+            sub-optimizers a function chooses.
 
     Examples:
         >>> import keras, introspect_opt
@@ -179,12 +242,17 @@ def introspect(optimizer: Any) -> IntrospectableOptimizer:
             "introspect() expects a Keras 3 optimizer instance such as "
             f"keras.optimizers.Adam(...); received {describe_value(optimizer)}{hint}."
         )
-    if isinstance(optimizer, _WRAPPERS) or is_multi_optimizer(optimizer):
+    if isinstance(optimizer, _WRAPPERS):
         raise TypeError(
             f"introspect() received a {type(optimizer).__name__}, which applies no "
             "updates itself: pass the optimizer(s) it wraps, e.g. "
             "introspect(optimizer.inner_optimizer)."
         )
+    if is_multi_optimizer(optimizer):
+        _introspect_sub_optimizers(optimizer)
+        multi: Any = optimizer
+        unchanged: IntrospectableOptimizer = multi  # typed as documented in Returns
+        return unchanged
     if isinstance(optimizer, IntrospectableOptimizer):
         return optimizer
     instance: Any = optimizer
@@ -197,3 +265,20 @@ def introspect(optimizer: Any) -> IntrospectableOptimizer:
             state.create_variables(instance, rate_dtype(instance, instance.learning_rate))
     introspected: IntrospectableOptimizer = instance
     return introspected
+
+
+def _introspect_sub_optimizers(multi: Any) -> None:
+    """``introspect()`` of a ``MultiOptimizer``: each sub-optimizer, in place."""
+    optimizers = list(multi.optimizers)
+    if not optimizers and not multi.built:
+        # Keras lists the optimizers of an OptimizerMap from the start, and a
+        # function's only as its build() calls the function on each variable.
+        raise ValueError(
+            f"introspect() cannot reach the sub-optimizers of {type(multi).__name__} "
+            f"'{multi.name}' before it is built: a function chooses them. Return "
+            "introspectable optimizers from that function "
+            "(introspect_opt.IntrospectableAdam(...)), or pass a "
+            "keras.optimizers.OptimizerMap."
+        )
+    for sub_optimizer in optimizers:
+        introspect(sub_optimizer)

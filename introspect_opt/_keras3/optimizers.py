@@ -1,24 +1,29 @@
-"""The ready-made introspectable optimizers."""
+"""The ready-made introspectable optimizers: one class statement per Keras optimizer.
 
-from __future__ import annotations
+The table below is the only list. For an optimizer a new Keras release adds,
+add its line to it,
+``class Introspectable<Name>(IntrospectableOptimizer, _keras.optimizers.<Name>): ...``:
+type checkers read that statement (a subclass of both ``IntrospectableOptimizer``
+and the Keras class); at run time the loop after the table puts in its place
+the class ``introspectable(keras.optimizers.<Name>)`` makes, registered for
+Keras serialization (``factory.ready_made``), and ``__all__``, hence the
+package's exports, follows. ``tests/test_optimizers.py`` fails, naming this
+file, when the installed Keras exports an optimizer missing here.
 
-import inspect
-from typing import TYPE_CHECKING
+Every other name here is private (underscored): type checkers, which cannot
+run the derivation of ``__all__``, export the module's public names, the
+classes.
+"""
 
-import keras
+import typing as _typing
 
-from introspect_opt._keras3 import compat as _keras_private
-from introspect_opt._keras3.factory import introspectable, register
+import keras as _keras
+
+from introspect_opt._keras3.factory import ready_made as _ready_made
 from introspect_opt._keras3.mixin import IntrospectableOptimizer
 
-if TYPE_CHECKING:
-    from keras.optimizers import SGD as _SGDBase
-else:  # the fused torch variant on the torch backend, for bit-identical updates
-    _SGDBase = _keras_private.backend_class(keras.optimizers.SGD)
 
-
-@keras.saving.register_keras_serializable(package="introspect_opt")
-class IntrospectableSGD(IntrospectableOptimizer, _SGDBase):
+class IntrospectableSGD(IntrospectableOptimizer, _keras.optimizers.SGD):
     """``keras.optimizers.SGD`` that records the learning rate each update applied.
 
     A drop-in replacement: same constructor, same config, bit-identical
@@ -65,68 +70,27 @@ class IntrospectableSGD(IntrospectableOptimizer, _SGDBase):
     """
 
 
-IntrospectableSGD._introspect_base = keras.optimizers.SGD
-IntrospectableSGD.__signature__ = inspect.signature(keras.optimizers.SGD)
-register(keras.optimizers.SGD, IntrospectableSGD)
+# fmt: off
+class IntrospectableAdadelta(IntrospectableOptimizer, _keras.optimizers.Adadelta): ...
+class IntrospectableAdafactor(IntrospectableOptimizer, _keras.optimizers.Adafactor): ...
+class IntrospectableAdagrad(IntrospectableOptimizer, _keras.optimizers.Adagrad): ...
+class IntrospectableAdam(IntrospectableOptimizer, _keras.optimizers.Adam): ...
+class IntrospectableAdamW(IntrospectableOptimizer, _keras.optimizers.AdamW): ...
+class IntrospectableAdamax(IntrospectableOptimizer, _keras.optimizers.Adamax): ...
+class IntrospectableFtrl(IntrospectableOptimizer, _keras.optimizers.Ftrl): ...
+class IntrospectableLamb(IntrospectableOptimizer, _keras.optimizers.Lamb): ...
+class IntrospectableLion(IntrospectableOptimizer, _keras.optimizers.Lion): ...
+class IntrospectableMuon(IntrospectableOptimizer, _keras.optimizers.Muon): ...
+class IntrospectableNadam(IntrospectableOptimizer, _keras.optimizers.Nadam): ...
+class IntrospectableRMSprop(IntrospectableOptimizer, _keras.optimizers.RMSprop): ...
+class IntrospectableScheduleFreeAdamW(IntrospectableOptimizer, _keras.optimizers.ScheduleFreeAdamW): ...  # noqa: E501
+# fmt: on
 
-# One line per optimizer class that keras.optimizers exports (tests/test_optimizers.py
-# derives the list from the installed Keras and fails on any class missing here).
-# Type checkers and editors see each as a subclass of IntrospectableOptimizer and
-# the Keras class, so `current_learning_rate` is known on its instances.
-if TYPE_CHECKING:
+# Each statement above becomes the class introspectable() makes for its Keras class.
+_TABLE = sorted(n for n, v in globals().items() if isinstance(v, type) and v.__module__ == __name__)
+for _name in _TABLE:
+    globals()[_name] = _ready_made(globals()[_name])
+del _name
 
-    class IntrospectableAdadelta(IntrospectableOptimizer, keras.optimizers.Adadelta):
-        """``keras.optimizers.Adadelta`` that records the learning rate each update applied."""
-
-    class IntrospectableAdafactor(IntrospectableOptimizer, keras.optimizers.Adafactor):
-        """``keras.optimizers.Adafactor`` that records the learning rate each update applied."""
-
-    class IntrospectableAdagrad(IntrospectableOptimizer, keras.optimizers.Adagrad):
-        """``keras.optimizers.Adagrad`` that records the learning rate each update applied."""
-
-    class IntrospectableAdam(IntrospectableOptimizer, keras.optimizers.Adam):
-        """``keras.optimizers.Adam`` that records the learning rate each update applied."""
-
-    class IntrospectableAdamW(IntrospectableOptimizer, keras.optimizers.AdamW):
-        """``keras.optimizers.AdamW`` that records the learning rate each update applied."""
-
-    class IntrospectableAdamax(IntrospectableOptimizer, keras.optimizers.Adamax):
-        """``keras.optimizers.Adamax`` that records the learning rate each update applied."""
-
-    class IntrospectableFtrl(IntrospectableOptimizer, keras.optimizers.Ftrl):
-        """``keras.optimizers.Ftrl`` that records the learning rate each update applied."""
-
-    class IntrospectableLamb(IntrospectableOptimizer, keras.optimizers.Lamb):
-        """``keras.optimizers.Lamb`` that records the learning rate each update applied."""
-
-    class IntrospectableLion(IntrospectableOptimizer, keras.optimizers.Lion):
-        """``keras.optimizers.Lion`` that records the learning rate each update applied."""
-
-    class IntrospectableMuon(IntrospectableOptimizer, keras.optimizers.Muon):
-        """``keras.optimizers.Muon`` that records the learning rate each update applied."""
-
-    class IntrospectableNadam(IntrospectableOptimizer, keras.optimizers.Nadam):
-        """``keras.optimizers.Nadam`` that records the learning rate each update applied."""
-
-    class IntrospectableRMSprop(IntrospectableOptimizer, keras.optimizers.RMSprop):
-        """``keras.optimizers.RMSprop`` that records the learning rate each update applied."""
-
-    class IntrospectableScheduleFreeAdamW(
-        IntrospectableOptimizer, keras.optimizers.ScheduleFreeAdamW
-    ):
-        """``keras.optimizers.ScheduleFreeAdamW`` that records the rate each update applied."""
-
-else:
-    IntrospectableAdadelta = introspectable(keras.optimizers.Adadelta)
-    IntrospectableAdafactor = introspectable(keras.optimizers.Adafactor)
-    IntrospectableAdagrad = introspectable(keras.optimizers.Adagrad)
-    IntrospectableAdam = introspectable(keras.optimizers.Adam)
-    IntrospectableAdamW = introspectable(keras.optimizers.AdamW)
-    IntrospectableAdamax = introspectable(keras.optimizers.Adamax)
-    IntrospectableFtrl = introspectable(keras.optimizers.Ftrl)
-    IntrospectableLamb = introspectable(keras.optimizers.Lamb)
-    IntrospectableLion = introspectable(keras.optimizers.Lion)
-    IntrospectableMuon = introspectable(keras.optimizers.Muon)
-    IntrospectableNadam = introspectable(keras.optimizers.Nadam)
-    IntrospectableRMSprop = introspectable(keras.optimizers.RMSprop)
-    IntrospectableScheduleFreeAdamW = introspectable(keras.optimizers.ScheduleFreeAdamW)
+if not _typing.TYPE_CHECKING:  # type checkers export the module's public names: the classes
+    __all__ = _TABLE

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, TypeVar
 
+from introspect_opt._common.errors import describe_value
 from introspect_opt._tf_keras import compat as private
 from introspect_opt._tf_keras.mechanism import (
     LegacyIntrospectionMixin,
@@ -12,26 +13,20 @@ from introspect_opt._tf_keras.mechanism import (
     _IntrospectionMixin,
 )
 
-_O = TypeVar("_O")
+_Declared = TypeVar("_Declared", bound=_IntrospectionMixin)
 
 PUBLIC_MODULE = "introspect_opt.tf_keras"
 PACKAGE = "introspect_opt"
 
 # tf_keras base class -> its introspectable subclass (one per base, forever).
-_CLASSES: dict[type, type] = {}
+_CLASSES: dict[type, type[_IntrospectionMixin]] = {}
+
+# What a class statement puts in its class's namespace by itself.
+_STATEMENT_KEYS = frozenset(
+    {"__module__", "__qualname__", "__doc__", "__firstlineno__", "__static_attributes__"}
+)
 
 _ABSTRACT = (private.NewOptimizer, private.LegacyOptimizer)
-
-
-def describe_value(value: Any) -> str:
-    """``value`` as an error message shows it: what it is, and where it comes from."""
-    if isinstance(value, type):
-        return f"the class {value.__module__}.{value.__qualname__}"
-    kind = type(value)
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{text} (an instance of {kind.__module__}.{kind.__qualname__})"
 
 
 def _is_keras3(value: Any) -> bool:
@@ -45,7 +40,7 @@ def mixin_for(optimizer_class: type) -> type:
     return LegacyIntrospectionMixin
 
 
-def _check_class(optimizer_class: Any) -> None:
+def _check_class(optimizer_class: object) -> None:
     if not isinstance(optimizer_class, type):
         raise TypeError(
             "introspectable(optimizer_class) expects a tf_keras optimizer class such as "
@@ -88,29 +83,85 @@ def _check_class(optimizer_class: Any) -> None:
     )
 
 
-def finish(cls: Any, base: type, package: str, registered: str) -> None:
+def finish(cls: type[_IntrospectionMixin], base: type, package: str, registered: str) -> None:
     """Records ``cls`` as the introspectable subclass of ``base`` and registers it."""
-    cls._introspect_base = base
-    cls.__signature__ = inspect.signature(base)
+    made: Any = cls
+    made._introspect_base = base
+    made.__signature__ = inspect.signature(base)
     private.register_serializable(cls, package, registered)
     private.alias_bare_name(cls)
     _CLASSES[base] = cls
 
 
-def introspectable(optimizer_class: type[_O]) -> type[_O]:
+def _ready_made_docstring(base: type, name: str) -> str:
+    family = "legacy." if issubclass(base, private.LegacyOptimizer) else ""
+    public = f"tf.keras.optimizers.{family}{base.__name__}"
+    rate = inspect.signature(base).parameters["learning_rate"].default
+    return (
+        f"``{public}`` (tf_keras) that records the rate each update applied.\n\n"
+        f"Same constructor, config and updates as ``{public}``; adds\n"
+        "``current_learning_rate``.\n\n"
+        "Examples:\n"
+        f"    >>> from introspect_opt.tf_keras import {name}\n"
+        f"    >>> opt = {name}()\n"
+        "    >>> round(float(opt.current_learning_rate), 6)  # before any update: the first one's\n"
+        f"    {round(float(rate), 6)}\n"
+    )
+
+
+def ready_made(declared: type[_Declared]) -> type[_Declared]:
+    """Completes the class its declaration in ``optimizers.py`` made, as a ready-made class.
+
+    Each ready-made class is one statement there, its entry in the table:
+    ``class Introspectable[Legacy]<Name>(<family mixin>, <tf_keras class>): ...``.
+    Type checkers read that statement. This gives the class it made the
+    public module ``introspect_opt.tf_keras``, a docstring with an example
+    (where the statement has none) and its registration for tf_keras
+    serialization as ``introspect_opt>Introspectable[Legacy]<Name>``.
+
+    Raises:
+        TypeError: The statement is not of that form, or names the class
+            differently.
+    """
+    bases = declared.__bases__
+    base = bases[-1]
+    legacy = issubclass(base, private.LegacyOptimizer)
+    name = f"Introspectable{'Legacy' if legacy else ''}{base.__name__}"
+    if len(bases) != 2 or bases[0] is not mixin_for(base) or set(vars(declared)) - _STATEMENT_KEYS:
+        raise TypeError(
+            f"{declared.__qualname__}: declare a ready-made class as `class "
+            "Introspectable[Legacy]<Name>(<family mixin>, <tf_keras class>): ...` "
+            "(NewIntrospectionMixin for tf_keras.optimizers.<Name>, "
+            "LegacyIntrospectionMixin for tf_keras.optimizers.legacy.<Name>), with at "
+            "most a docstring in its body."
+        )
+    if declared.__name__ != name:
+        raise TypeError(f"{declared.__qualname__} extends {base.__qualname__}: name it {name}.")
+    declared.__module__ = PUBLIC_MODULE
+    declared.__doc__ = declared.__doc__ or _ready_made_docstring(base, name)
+    finish(declared, base, PACKAGE, name)
+    return declared
+
+
+def introspectable(optimizer_class: type[object]) -> type[_IntrospectionMixin]:
     """Returns the introspectable subclass of a tf_keras (Keras 2) optimizer class.
 
-    The subclass, named ``Introspectable<ClassName>``, has the same
-    constructor, config and bit-identical updates, adds
-    ``current_learning_rate``, and is registered for tf_keras serialization
-    under the package ``introspect_opt`` (``introspect_opt.<module>`` for
-    classes from outside tf_keras), so ``load_model`` finds it without
-    ``custom_objects``. For tf_keras's own optimizers it returns the ready-made
-    classes (``IntrospectableAdam``, ``IntrospectableLegacyAdam``, ...).
-    Repeated calls return the same class; a class that already is
-    introspectable is returned as is. New optimizers
+    The subclass, named ``Introspectable<ClassName>``, has the same constructor,
+    config and bit-identical updates, adds ``current_learning_rate``, and is
+    registered for tf_keras serialization under the package ``introspect_opt``
+    (``introspect_opt.<module>`` for classes from outside tf_keras), so
+    ``load_model`` finds it without ``custom_objects``. For tf_keras's own
+    optimizers it returns the ready-made classes (``IntrospectableAdam``,
+    ``IntrospectableLegacyAdam``, ...). Repeated calls return the same class;
+    a class that already is introspectable is returned as is. New optimizers
     (``tf.keras.optimizers.*``) and legacy ones
     (``tf.keras.optimizers.legacy.*``) are both accepted.
+
+    Type checkers see the result as ``type[_IntrospectionMixin]``, the base
+    every introspectable class of this Keras shares: its instances have
+    ``current_learning_rate`` and every attribute of a Keras optimizer. No
+    annotation can say "the class you passed, made introspectable"; the
+    ready-made classes are typed exactly.
 
     Args:
         optimizer_class: A subclass of ``tf_keras.optimizers.Optimizer`` or of
@@ -167,7 +218,7 @@ def introspectable(optimizer_class: type[_O]) -> type[_O]:
     return cls
 
 
-def introspect(optimizer: _O) -> _O:
+def introspect(optimizer: object) -> _IntrospectionMixin:
     """Makes a tf_keras optimizer instance somebody else built introspectable, in place.
 
     The instance becomes an instance of ``introspectable(type(optimizer))``
@@ -186,11 +237,13 @@ def introspect(optimizer: _O) -> _O:
             ``LossScaleOptimizer``: pass its ``inner_optimizer``).
 
     Returns:
-        The same object.
+        The same object. Type checkers see it as ``_IntrospectionMixin``,
+        the base every introspectable class of this Keras shares: it has
+        ``current_learning_rate`` and every attribute of a Keras optimizer.
 
     Raises:
-        TypeError: ``optimizer`` is not a tf_keras optimizer instance, or is a
-            wrapper.
+        TypeError: ``optimizer`` is not a tf_keras optimizer instance (a
+            Keras 3 one, a class, anything else), or is a wrapper.
 
     Examples:
         >>> import tf_keras
@@ -237,7 +290,8 @@ def introspect(optimizer: _O) -> _O:
     # exists, else at its first update, restore or read (in that graph).
     elif private.legacy_has_counter(instance):
         instance._introspect_create_counter_and_state()
-    return optimizer
+    introspected: _IntrospectionMixin = instance
+    return introspected
 
 
 def resolve_optimizer(obj: Any, caller: str) -> Any:

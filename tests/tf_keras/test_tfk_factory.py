@@ -26,7 +26,7 @@ class MyLegacyAdam(tf_keras.optimizers.legacy.Adam):
     ("argument", "message"),
     [
         (keras.optimizers.SGD, r"received the class keras\.src.*SGD, a Keras 3 optimizer class"),
-        (keras.optimizers.SGD(), r"received .*an instance of keras\..*introspect\(optimizer\)"),
+        (keras.optimizers.SGD(), r"received .*\(type keras\..*introspect\(optimizer\)"),
         (tf_keras.mixed_precision.LossScaleOptimizer, "wrapper .*applies no updates itself"),
         (tf_keras.optimizers.Optimizer, "abstract base class"),
         (tf_keras.optimizers.legacy.Optimizer, "abstract base class"),
@@ -126,7 +126,7 @@ def test_introspect_keeps_the_strategy_and_the_checkpoint(
     [
         (tf_keras.optimizers.SGD, r"received the class .*introspectable\(cls\) for classes"),
         (keras.optimizers.SGD(), r"Keras 3 optimizer: use .*introspect_opt\.introspect"),
-        ("sgd", r"received 'sgd' \(an instance of builtins\.str\)"),
+        ("sgd", r"received 'sgd' \(type builtins\.str\)"),
     ],
     ids=["class", "keras3", "string"],
 )

@@ -22,20 +22,59 @@ from tfk_helpers import (
     rate_for,
 )
 
+import introspect_opt
 from introspect_opt import tf_keras as itk
+from introspect_opt._tf_keras.factory import ready_made
+from introspect_opt._tf_keras.mechanism import NewIntrospectionMixin
 
 EXPORTED = exported_optimizers()
 
 
 def test_a_ready_made_class_exists_for_every_exported_optimizer() -> None:
-    """The list of ready-made classes is exactly what the installed tf_keras exports."""
+    """The table of ready-made classes is exactly what the installed tf_keras exports."""
     assert len(EXPORTED) == 19, sorted(EXPORTED)
     ready_made = {name for name in itk.__all__ if name.startswith("Introspectable")}
+    missing = sorted(set(EXPORTED) - ready_made)
+    assert not missing, "\n".join(
+        f"{EXPORTED[name].__module__}.{EXPORTED[name].__name__} has no ready-made class. Add "
+        "this line to the table in introspect_opt/_tf_keras/optimizers.py (the one place to "
+        f"edit): class {name}("
+        f"{'_LegacyMixin, _legacy' if 'Legacy' in name else '_NewMixin, _new'}."
+        f"{EXPORTED[name].__name__}): ..."
+        for name in missing
+    )
     assert ready_made == set(EXPORTED)
     for name, base in EXPORTED.items():
         cls = getattr(itk, name)
         assert cls.__bases__[1] is base and itk.introspectable(base) is cls
         assert cls.__module__ == "introspect_opt.tf_keras"
+        # Under TF_USE_LEGACY_KERAS=1 the top-level names are these classes.
+        assert getattr(introspect_opt, name) is cls
+    assert introspect_opt.__all__ == itk.__all__
+
+
+def test_the_table_refuses_a_malformed_line() -> None:
+    """A table line with another name, the other family's mixin, or a body is refused."""
+
+    class IntrospectableAdamm(NewIntrospectionMixin, tf_keras.optimizers.Adam): ...
+
+    class IntrospectableLegacySGD(NewIntrospectionMixin, tf_keras.optimizers.legacy.SGD): ...
+
+    class IntrospectableNadam(NewIntrospectionMixin, tf_keras.optimizers.Nadam):
+        def build(self, var_list: Any) -> None: ...
+
+    with pytest.raises(
+        TypeError, match=r"IntrospectableAdamm extends Adam: name it IntrospectableAdam\."
+    ):
+        ready_made(IntrospectableAdamm)
+    for declared in (IntrospectableLegacySGD, IntrospectableNadam):
+        with pytest.raises(TypeError, match=r"LegacyIntrospectionMixin for tf_keras\.optimizers"):
+            ready_made(declared)
+    # Refused before anything was registered.
+    assert itk.introspectable(tf_keras.optimizers.Adam) is itk.IntrospectableAdam
+    assert tf_keras.saving.get_registered_object("introspect_opt>IntrospectableAdam") is (
+        itk.IntrospectableAdam
+    )
 
 
 @pytest.mark.parametrize("name", sorted(EXPORTED))

@@ -14,6 +14,7 @@ reveal_type(opt.current_learning_rate)
 AdamW = introspect_opt.introspectable(keras.optimizers.AdamW)
 reveal_type(AdamW(1e-3))
 reveal_type(introspect_opt.introspect(keras.optimizers.SGD()))
+reveal_type(introspect_opt.introspect(opt))
 
 
 def rate(optimizer: IntrospectableOptimizer) -> float:
