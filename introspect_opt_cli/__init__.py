@@ -1,4 +1,11 @@
-"""The command line: ``introspect-opt plot SOURCE -o out.png``, or ``python -m introspect_opt``."""
+"""The command line: ``introspect-opt plot SOURCE -o out.png``, or ``python -m introspect_opt``.
+
+A schedule config of a Keras built-in class (or ``ScaledLearningRate`` around
+one) is evaluated in NumPy (``_schedules``) and drawn with matplotlib alone
+(``_draw``): no TensorFlow start-up, about a second in all. Everything else
+(a ``.keras`` model, an optimizer config, a custom class) is built by Keras,
+as ``introspect_opt.plot_learning_rate`` does it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ import argparse
 import inspect
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +33,12 @@ SOURCE is one of:
                 (and the recorded history, if the optimizer keeps one).
   config.json   a schedule config, json.dump(keras.optimizers.schedules.serialize(s)),
                 or an optimizer config, json.dump(keras.optimizers.serialize(opt)).
+                A config of a built-in Keras schedule is evaluated without
+                TensorFlow (about a second); anything else starts Keras.
 
 examples:
   introspect-opt plot model.keras -o lr.png
-  python -m introspect_opt plot schedule.json -o lr.png --steps 20000
+  introspect-opt plot schedule.json -o lr.png --steps 20000
 """
 
 
@@ -169,8 +178,8 @@ def _load_recognised(keras: Any, path: Path, config: dict[str, Any], cls: type, 
         ) from None
 
 
-def _load_json_source(path: Path) -> Any:
-    keras = _keras()
+def _read_json_config(path: Path) -> dict[str, Any]:
+    """The Keras config in a JSON file, or a UsageError; imports no Keras."""
     try:
         config = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -180,6 +189,13 @@ def _load_json_source(path: Path) -> Any:
             f"{path} holds no Keras config (a JSON object with 'class_name'); write "
             "one with json.dump(keras.optimizers.schedules.serialize(schedule), f)"
         )
+    return config
+
+
+def _load_json_source(path: Path, config: dict[str, Any] | None = None) -> Any:
+    if config is None:
+        config = _read_json_config(path)
+    keras = _keras()
     recognised = _config_class(keras, config)
     if recognised is not None:
         return _load_recognised(keras, path, config, *recognised)
@@ -222,20 +238,42 @@ def _load_model_source(path: Path) -> Any:
     return model
 
 
-def load_source(source: str) -> Any:
-    """A schedule, optimizer or compiled model from a file named on the command line."""
+def _source_path(source: str) -> Path:
+    """SOURCE as a path to an existing .keras or .json file, or a UsageError."""
     path = Path(source)
     if not path.is_file():
         raise UsageError(f"SOURCE {source!r} does not exist or is not a file")
     suffix = path.suffix.lower()
-    if suffix == ".keras":
+    if suffix not in (".keras", ".json"):
+        raise UsageError(
+            f"SOURCE {source!r} has an unknown format ({suffix or 'no suffix'}); expected "
+            "a .keras model file or a .json schedule or optimizer config"
+        )
+    return path
+
+
+def load_source(source: str) -> Any:
+    """A schedule, optimizer or compiled model from a file named on the command line."""
+    path = _source_path(source)
+    if path.suffix.lower() == ".keras":
         return _load_model_source(path)
-    if suffix == ".json":
-        return _load_json_source(path)
-    raise UsageError(
-        f"SOURCE {source!r} has an unknown format ({suffix or 'no suffix'}); expected "
-        "a .keras model file or a .json schedule or optimizer config"
-    )
+    return _load_json_source(path)
+
+
+def without_keras(config: dict[str, Any]) -> Any:
+    """The schedule a config describes, evaluated in NumPy, when that gives Keras's values.
+
+    Returns:
+        A ``_schedules.NumpySchedule``, or None when Keras must build the
+        config: a class other than Keras's built-in schedules and
+        ``ScaledLearningRate``, values Keras would reject or compute
+        differently, or a ``keras.json`` whose ``floatx`` is not float32.
+    """
+    from introspect_opt_cli import _schedules
+
+    if _schedules.keras_floatx() != "float32":
+        return None
+    return _schedules.from_config(config)
 
 
 # Step counters are int64; a plot samples at most a few thousand points of it.
@@ -253,11 +291,31 @@ def _plot(args: argparse.Namespace) -> str:
     output = Path(args.output)
     if not output.parent.is_dir():
         raise UsageError(f"cannot write {output}: folder {output.parent} does not exist")
-    source = load_source(args.source)  # imports Keras only for a file that exists
-    from introspect_opt._preview.preview import plot_learning_rate
+    from introspect_opt_cli import _draw
 
     try:
-        path = plot_learning_rate(source, output, iterations=args.steps, title=args.title)
+        _draw.require_matplotlib(f"{PROG} plot")
+    except ImportError as error:
+        raise UsageError(_one_line(error)) from None
+    path = _source_path(args.source)
+    config = _read_json_config(path) if path.suffix.lower() == ".json" else None
+    schedule = None if config is None else without_keras(config)
+    draw: Callable[[], Path]
+    if schedule is not None:
+
+        def draw() -> Path:
+            return _plot_without_keras(schedule, output, args.steps, args.title)
+
+    else:
+        # Imports Keras (seconds of TensorFlow start-up) only for a file that exists.
+        source = _load_model_source(path) if config is None else _load_json_source(path, config)
+        from introspect_opt._preview.preview import plot_learning_rate
+
+        def draw() -> Path:
+            return plot_learning_rate(source, output, iterations=args.steps, title=args.title)
+
+    try:
+        written = draw()
     except (ImportError, OSError, ValueError, TypeError, OverflowError) as error:
         raise UsageError(_one_line(error)) from None
     except Exception as error:
@@ -267,7 +325,18 @@ def _plot(args: argparse.Namespace) -> str:
         raise UsageError(
             f"cannot evaluate the schedule from {args.source}: {_one_line(error)}"
         ) from None
-    return str(path)
+    return str(written)
+
+
+def _plot_without_keras(schedule: Any, output: Path, steps: int | None, title: str | None) -> Path:
+    """What ``plot_learning_rate(schedule, output, iterations=steps, title=title)`` draws."""
+    from introspect_opt_cli import _draw
+
+    grid = _draw.update_grid(_draw.DEFAULT_PLOT_END if steps is None else steps)
+    rates = _draw.rates_at_updates(schedule, grid, accumulation=1)
+    return _draw.draw_learning_rate(
+        output, grid, rates, title=schedule.name if title is None else title
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

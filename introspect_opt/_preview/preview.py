@@ -4,7 +4,8 @@
 after update ``n``?" for many ``n`` at once, without training: it evaluates the
 rate source the way the update step does (the schedule at the raw micro-step
 counter, times the plateau multiplier). ``plot_learning_rate`` draws that curve
-with the rates already applied on top.
+with the rates already applied on top, with the Keras-free drawing code that
+``introspect-opt plot`` uses too (``introspect_opt_cli._draw``).
 """
 
 from __future__ import annotations
@@ -20,20 +21,17 @@ from typing import Any
 import keras
 import numpy as np
 
+from introspect_opt._common.errors import describe_value
 from introspect_opt._features import history as _history
 from introspect_opt._keras3 import compat as _keras_private
+from introspect_opt._keras3.host import host_array
 from introspect_opt._keras3.mixin import IntrospectableOptimizer
 from introspect_opt._keras3.resolve import (
     current_learning_rate,
-    describe_value,
     is_multi_optimizer,
     optimizer_of,
 )
-from introspect_opt._keras3.state import host_array
-
-# More points than a plot is pixels wide; beyond this the schedule is sampled.
-_MAX_PLOT_POINTS = 4096
-_DEFAULT_PLOT_END = 1000
+from introspect_opt_cli import _draw
 
 
 @dataclass(frozen=True)
@@ -222,13 +220,7 @@ def _as_iterations(iterations: Any, function: str, argument: str = "iterations")
 
 
 def _rates(resolved: _RateSource, iterations: np.ndarray) -> np.ndarray:
-    flat = iterations.ravel()
-    k = resolved.accumulation
-    # Update n >= 1 ran at raw counter n*k - 1; before any update, the first will use k - 1.
-    raw = np.where(flat > 0, flat * k - 1, k - 1).astype(np.int64)
-    unique, inverse = np.unique(raw, return_inverse=True)
-    values = resolved.evaluate(unique)
-    return np.asarray(values[inverse.ravel()].reshape(iterations.shape))
+    return _draw.rates_at_updates(resolved.evaluate, iterations, resolved.accumulation)
 
 
 def preview_learning_rates(source: Any, iterations: Any) -> np.ndarray:
@@ -317,7 +309,7 @@ def applied_learning_rates(source: Any, iterations: Any) -> np.ndarray:
 
 def _plot_grid(iterations: Any, end_hint: int) -> np.ndarray:
     if iterations is None:
-        end = max(_DEFAULT_PLOT_END, end_hint)
+        end = max(_draw.DEFAULT_PLOT_END, end_hint)
     elif isinstance(iterations, numbers.Integral) and not isinstance(iterations, (bool, np.bool_)):
         end = int(iterations)
         if end < 1:
@@ -327,8 +319,7 @@ def _plot_grid(iterations: Any, end_hint: int) -> np.ndarray:
             )
     else:
         return np.unique(_as_iterations(iterations, "plot_learning_rate"))
-    count = min(end + 1, _MAX_PLOT_POINTS)
-    return np.unique(np.linspace(0, end, count).round().astype(np.int64))
+    return _draw.update_grid(end)
 
 
 def _applied_points(applied: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -419,15 +410,7 @@ def plot_learning_rate(
         raise TypeError(
             f"plot_learning_rate() expects path to be a file path; received {describe_value(path)}."
         )
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as error:
-        raise ImportError(
-            "plot_learning_rate() needs matplotlib, an optional dependency of "
-            "introspect-opt: `pip install matplotlib` (or, from a checkout of "
-            'introspect-opt, `pip install ".[plot]"`).'
-        ) from error
+    _draw.require_matplotlib("plot_learning_rate()")
     resolved = _resolve(source, "plot_learning_rate")
     current: tuple[int, float] | None = None
     if applied is None:
@@ -436,29 +419,12 @@ def plot_learning_rate(
         applied_steps, applied_rates = _applied_points(applied)
     done = [int(applied_steps.max(initial=0)), current[0] if current else 0]
     grid = _plot_grid(iterations, 2 * max(done))
-    rates = _rates(resolved, grid)
-
-    figure = Figure(figsize=(8, 4.5), dpi=100, layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    axes.plot(grid, rates, linewidth=1.6, label="current_learning_rate after update n")
-    if applied_steps.size:
-        axes.plot(
-            applied_steps, applied_rates, "o", markersize=3.5, alpha=0.8, label="applied (recorded)"
-        )
-    if current is not None:
-        axes.plot(
-            [current[0]],
-            [current[1]],
-            "D",
-            markersize=8,
-            markeredgecolor="black",
-            label=f"last applied: update {current[0]}, rate {current[1]:.4g}",
-        )
-    axes.set_xlabel("updates applied (optimizer.iterations)")
-    axes.set_ylabel("learning rate")
-    axes.set_title(resolved.label if title is None else title)
-    axes.grid(alpha=0.3)
-    axes.legend(loc="best")
-    figure.savefig(path, format="png")
-    return Path(path)
+    return _draw.draw_learning_rate(
+        path,
+        grid,
+        _rates(resolved, grid),
+        title=resolved.label if title is None else title,
+        applied_steps=applied_steps,
+        applied_rates=applied_rates,
+        current=current,
+    )
