@@ -16,8 +16,32 @@ from introspect_opt._version import __version__ as __version__
 
 _KERAS_2 = _uses_legacy_keras()
 
+# The Keras 3 names besides the Introspectable<Name> classes of the table;
+# with TF_USE_LEGACY_KERAS set, asking for one says it is Keras 3 only.
+_KERAS_3_TOOLS = (
+    "IntrospectableOptimizer",
+    "LearningRateLogger",
+    "RateHistoryToTensorBoard",
+    "ScaleLearningRateOnPlateau",
+    "ScaledLearningRate",
+    "UpdateCSVLogger",
+    "current_learning_rate",
+    "introspect",
+    "introspectable",
+    "keep_rate_history",
+    "last_update_diagnostics",
+    "plot_learning_rate",
+    "preview_learning_rates",
+    "rate_history",
+    "record_diagnostics",
+)
+
 if _typing.TYPE_CHECKING or not _KERAS_2:
     from introspect_opt._callbacks.logger import LearningRateLogger as LearningRateLogger
+    from introspect_opt._callbacks.plateau import (
+        ScaleLearningRateOnPlateau as ScaleLearningRateOnPlateau,
+    )
+    from introspect_opt._callbacks.step_csv import UpdateCSVLogger as UpdateCSVLogger
     from introspect_opt._callbacks.tensorboard import (
         RateHistoryToTensorBoard as RateHistoryToTensorBoard,
     )
@@ -28,62 +52,23 @@ if _typing.TYPE_CHECKING or not _KERAS_2:
     from introspect_opt._features.history import keep_rate_history as keep_rate_history
     from introspect_opt._features.history import rate_history as rate_history
     from introspect_opt._features.plateau import ScaledLearningRate as ScaledLearningRate
-    from introspect_opt._features.plateau import (
-        ScaleLearningRateOnPlateau as ScaleLearningRateOnPlateau,
-    )
     from introspect_opt._keras3.factory import introspect as introspect
     from introspect_opt._keras3.factory import introspectable as introspectable
     from introspect_opt._keras3.mixin import IntrospectableOptimizer as IntrospectableOptimizer
-    from introspect_opt._keras3.optimizers import IntrospectableAdadelta as IntrospectableAdadelta
-    from introspect_opt._keras3.optimizers import IntrospectableAdafactor as IntrospectableAdafactor
-    from introspect_opt._keras3.optimizers import IntrospectableAdagrad as IntrospectableAdagrad
-    from introspect_opt._keras3.optimizers import IntrospectableAdam as IntrospectableAdam
-    from introspect_opt._keras3.optimizers import IntrospectableAdamax as IntrospectableAdamax
-    from introspect_opt._keras3.optimizers import IntrospectableAdamW as IntrospectableAdamW
-    from introspect_opt._keras3.optimizers import IntrospectableFtrl as IntrospectableFtrl
-    from introspect_opt._keras3.optimizers import IntrospectableLamb as IntrospectableLamb
-    from introspect_opt._keras3.optimizers import IntrospectableLion as IntrospectableLion
-    from introspect_opt._keras3.optimizers import IntrospectableMuon as IntrospectableMuon
-    from introspect_opt._keras3.optimizers import IntrospectableNadam as IntrospectableNadam
-    from introspect_opt._keras3.optimizers import IntrospectableRMSprop as IntrospectableRMSprop
-    from introspect_opt._keras3.optimizers import (
-        IntrospectableScheduleFreeAdamW as IntrospectableScheduleFreeAdamW,
-    )
-    from introspect_opt._keras3.optimizers import IntrospectableSGD as IntrospectableSGD
+
+    # Every Introspectable<Name> class: one line each, in the table of
+    # introspect_opt/_keras3/optimizers.py.
+    from introspect_opt._keras3.optimizers import *  # noqa: F403
     from introspect_opt._keras3.resolve import current_learning_rate as current_learning_rate
     from introspect_opt._preview.preview import plot_learning_rate as plot_learning_rate
     from introspect_opt._preview.preview import preview_learning_rates as preview_learning_rates
 
-    __all__ = [
-        "IntrospectableAdadelta",
-        "IntrospectableAdafactor",
-        "IntrospectableAdagrad",
-        "IntrospectableAdam",
-        "IntrospectableAdamW",
-        "IntrospectableAdamax",
-        "IntrospectableFtrl",
-        "IntrospectableLamb",
-        "IntrospectableLion",
-        "IntrospectableMuon",
-        "IntrospectableNadam",
-        "IntrospectableOptimizer",
-        "IntrospectableRMSprop",
-        "IntrospectableSGD",
-        "IntrospectableScheduleFreeAdamW",
-        "LearningRateLogger",
-        "RateHistoryToTensorBoard",
-        "ScaleLearningRateOnPlateau",
-        "ScaledLearningRate",
-        "current_learning_rate",
-        "introspect",
-        "introspectable",
-        "keep_rate_history",
-        "last_update_diagnostics",
-        "plot_learning_rate",
-        "preview_learning_rates",
-        "rate_history",
-        "record_diagnostics",
-    ]
+    if not _typing.TYPE_CHECKING:
+        # Type checkers take the exports from the imports above ("X as X" and the
+        # star import): mypy cannot add the table's derived __all__ to a literal one.
+        from introspect_opt._keras3 import optimizers as _optimizers
+
+        __all__ = sorted([*_KERAS_3_TOOLS, *_optimizers.__all__])
 else:
     from introspect_opt.tf_keras import *  # noqa: F403
     from introspect_opt.tf_keras import __all__ as __all__
@@ -99,26 +84,10 @@ _DEPRECATED = {
     "update_diagnostics": "introspect_opt._features.diagnostics",
 }
 
-# Keras 3 only: with TF_USE_LEGACY_KERAS set, asking for these names says so.
-_KERAS_3_ONLY = (
-    "IntrospectableLamb",
-    "IntrospectableMuon",
-    "IntrospectableOptimizer",
-    "IntrospectableScheduleFreeAdamW",
-    "RateHistoryToTensorBoard",
-    "ScaleLearningRateOnPlateau",
-    "ScaledLearningRate",
-    "keep_rate_history",
-    "last_update_diagnostics",
-    "plot_learning_rate",
-    "preview_learning_rates",
-    "rate_history",
-    "record_diagnostics",
-)
-
 
 def __getattr__(name: str) -> _typing.Any:
-    if _KERAS_2 and (name in _KERAS_3_ONLY or name in _DEPRECATED):
+    keras_3_only = name in _KERAS_3_TOOLS or name.startswith("Introspectable")
+    if _KERAS_2 and (keras_3_only or name in _DEPRECATED):
         raise AttributeError(
             f"introspect_opt.{name} is Keras 3 only: TF_USE_LEGACY_KERAS is set, so "
             "introspect_opt gives the tf_keras (Keras 2) classes of introspect_opt.tf_keras "

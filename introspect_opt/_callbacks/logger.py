@@ -7,7 +7,6 @@ from typing import Any
 
 import keras
 
-from introspect_opt._common import logger as _common
 from introspect_opt._common.logger import (
     LoggerCore,
     check_optimizers,
@@ -20,15 +19,16 @@ from introspect_opt._features import diagnostics as _diagnostics
 from introspect_opt._keras3 import compat as _keras_private
 from introspect_opt._keras3.host import host_float
 from introspect_opt._keras3.mixin import IntrospectableOptimizer
-from introspect_opt._keras3.resolve import describe_optimizer, resolve_optimizer, unwrap
+from introspect_opt._keras3.resolve import (
+    describe_optimizer,
+    label,
+    resolve_multi_optimizer,
+    resolve_optimizer,
+    unwrap,
+)
 from introspect_opt._keras3.state import AppliedRateState
 
 __all__ = ["Keras3", "LearningRateLogger", "is_integer", "label", "retrace"]
-
-
-def label(optimizer: Any) -> str:
-    """A Keras 3 optimizer's log label (see ``_common.logger.label``)."""
-    return _common.label(optimizer, Keras3.default_name)
 
 
 class Keras3:
@@ -40,6 +40,15 @@ class Keras3:
 
     @staticmethod
     def track(callback: str, model: Any, given: dict[str, Any] | None) -> list[Any]:
+        if given is None:
+            # A MultiOptimizer: each sub-optimizer under its own label.
+            try:
+                subs = resolve_multi_optimizer(model, callback)
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"{callback} cannot read this model's rate: {error}") from None
+            if subs is not None:
+                wrapped = unwrap(model.optimizer)[1]
+                return [(name, optimizer, wrapped) for name, optimizer in subs.items()]
         return tracked_optimizers(
             callback, model, given, resolve_optimizer, unwrap, Keras3.default_name
         )
@@ -59,6 +68,10 @@ class Keras3:
     @staticmethod
     def describe(optimizer: Any) -> str:
         return describe_optimizer(optimizer)
+
+    @staticmethod
+    def sync_training_state(model: Any) -> None:
+        _keras_private.sync_training_state(model)
 
     @staticmethod
     def raw_steps(optimizer: Any) -> int:
@@ -84,7 +97,9 @@ class LearningRateLogger(keras.callbacks.Callback):
 
     Keys are ``"<label>/<quantity>"``. The label is the optimizer's ``name``
     without the counter Keras appends to default names (``sgd``, not
-    ``sgd_1``; the inner optimizer's under a ``LossScaleOptimizer``), or the
+    ``sgd_1``; the inner optimizer's under a ``LossScaleOptimizer``; each
+    sub-optimizer's under a ``keras.optimizers.MultiOptimizer``, e.g.
+    ``adam/learning_rate`` and ``sgd/learning_rate``), or the
     keys of ``optimizers``; the quantities are
     ``learning_rate``, each name in ``hyperparameters``, and with
     ``diagnostics=True`` ``gradient_norm``, ``update_norm``,
@@ -115,10 +130,12 @@ class LearningRateLogger(keras.callbacks.Callback):
             default ``model.optimizer``.
 
     Raises:
-        ValueError: an argument is invalid (the message says what is valid).
+        ValueError: an argument is invalid (the message says what is valid),
+            or, at the start of ``fit``, two sub-optimizers of the model's
+            ``MultiOptimizer`` have the same label (give them distinct ``name=``).
         TypeError: an optimizer in ``optimizers`` is not introspectable, or,
-            at the start of ``fit``, the model's is not (the message says how
-            to make it so).
+            at the start of ``fit``, the model's (or a sub-optimizer of its
+            ``MultiOptimizer``) is not (the message says how to make it so).
 
     Examples:
         >>> import keras, numpy as np, introspect_opt

@@ -11,8 +11,14 @@ import keras
 import numpy as np
 
 from introspect_opt._callbacks.logger import Keras3
-from introspect_opt._common.logger import StepCounter, check_interval, retrace
+from introspect_opt._common.logger import (
+    StepCounter,
+    check_interval,
+    retrace,
+    steps_between_reads,
+)
 from introspect_opt._features import history as _history
+from introspect_opt._keras3 import compat as _keras_private
 from introspect_opt._keras3.host import host_array
 
 
@@ -94,25 +100,9 @@ class RateHistoryToTensorBoard(keras.callbacks.Callback):
         self._warned = False
 
     def _steps_between_reads(self) -> int:
-        """The most steps that can run between two reads."""
-        per_execution = int(getattr(self.model, "steps_per_execution", 1) or 1)
-        if isinstance(self.interval, int):
-            # Reads happen at the end of the first call of the train function
-            # that passes a multiple of N: up to N + spe - 1 steps apart.
-            n = self.interval
-            return n if n % per_execution == 0 else n + per_execution - 1
-        if self.interval == "batch":
-            return per_execution
-        steps = (self.params or {}).get("steps")
-        if not steps:
-            raise ValueError(
-                "RateHistoryToTensorBoard(interval='epoch') cannot tell how many "
-                "steps an epoch has (the dataset has no known length); pass "
-                "history_size=<steps per epoch>, or a step interval."
-            )
-        # Keras runs whole blocks of steps_per_execution steps, also past the
-        # epoch's declared step count.
-        return -(-int(steps) // per_execution) * per_execution
+        return steps_between_reads(
+            "RateHistoryToTensorBoard", self.interval, self.model, self.params
+        )
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         import tensorflow as tf
@@ -155,8 +145,7 @@ class RateHistoryToTensorBoard(keras.callbacks.Callback):
     def _write(self) -> None:
         import tensorflow as tf
 
-        if hasattr(self.model, "jax_state_sync"):
-            self.model.jax_state_sync()  # JAX keeps fit's state off the variables
+        _keras_private.sync_training_state(self.model)  # JAX keeps fit\'s state off the variables
         for name, optimizer, _ in self._tracked:
             updates, rates = _history.recorded_rates(optimizer)
             last = self._logged.get(name, 0)

@@ -14,7 +14,7 @@ from introspect_opt._tf_keras.mechanism import _IntrospectionMixin
 
 
 class _TfKeras:
-    """How the logger finds and reads tf_keras optimizers (see ``_callbacks.Keras3``)."""
+    """How the logger finds and reads tf_keras optimizers (see ``_callbacks.logger.Keras3``)."""
 
     @staticmethod
     def unwrap(value: Any) -> tuple[Any, bool]:
@@ -58,6 +58,10 @@ class _TfKeras:
         # numpy(): the one read that works for tf.distribute variables in
         # cross-replica context too (see _keras3.state.host_array).
         return float(np.asarray(value.numpy() if hasattr(value, "numpy") else value))
+
+    @staticmethod
+    def sync_training_state(model: Any) -> None:
+        return None  # tf_keras keeps fit's state on the variables
 
     @staticmethod
     def describe(optimizer: Any) -> str:
