@@ -116,3 +116,26 @@ def test_the_names_before_0_2_still_work_and_warn() -> None:
     with pytest.warns(DeprecationWarning, match="renamed preview_learning_rates"):
         old = introspect_opt.applied_learning_rates(optimizer, [0, 1])
     assert old.tolist() == introspect_opt.preview_learning_rates(optimizer, [0, 1]).tolist()
+
+
+@pytest.mark.tf_only
+@pytest.mark.parametrize("jit", JIT_MODES)
+def test_a_sparse_gradient_norm_is_that_of_the_gradient_applied(jit: Any) -> None:
+    """docs/logging.md: an id seen twice in a batch counts once, its rows summed (2.83, not 2.0)."""
+    import tensorflow as tf
+
+    optimizer = record_diagnostics(IntrospectableSGD(1.0))
+    table = keras.Variable(np.zeros((4, 2), "float32"))
+    # Rows for ids 1, 3, 1: the update adds both id-1 rows to row 1.
+    rows = tf.constant([[1.0, 1.0], [0.5, -0.5], [1.0, 1.0]])
+    gradient = tf.IndexedSlices(rows, tf.constant([1, 3, 1]), tf.constant([4, 2]))
+
+    def step() -> None:
+        optimizer.apply_gradients([(gradient, table)])
+
+    (tf.function(step, jit_compile=True) if jit else step)()
+    applied = -keras.ops.convert_to_numpy(table)  # SGD at rate 1: the applied gradient
+    np.testing.assert_allclose(applied, [[0, 0], [2, 2], [0, 0], [0.5, -0.5]])
+    got = last_update_diagnostics(optimizer)["gradient_norm"]
+    np.testing.assert_allclose(got, np.linalg.norm(applied), rtol=1e-6)
+    np.testing.assert_allclose(got, np.sqrt(8.5), rtol=1e-6)

@@ -4,7 +4,8 @@ With diagnostics on, every applied update also writes three float32 scalars:
 
 * ``gradient_norm``: the global L2 norm of the gradients the update applied
   (after accumulation, unscaling and clipping; under a ``tf.distribute``
-  strategy, of the gradients summed over replicas);
+  strategy, of the gradients summed over replicas; for a sparse gradient, with
+  the rows that share an index summed, as the update adds them);
 * ``update_norm``: the global L2 norm of the change the update made to the
   trainable variables, decoupled weight decay included;
 * ``update_to_weight_ratio``: ``update_norm`` divided by the global norm of the
@@ -49,10 +50,29 @@ def _values(tensor: Any) -> Any:
         # Inside jax.jit a Keras variable must be read explicitly.
         tensor = tensor.value
     elif type(tensor).__name__ == "IndexedSlices":
-        # TensorFlow's sparse gradients (embeddings) hold their rows in
-        # `.values`; the norm is that of those rows.
-        tensor = tensor.values
+        tensor = _rows_as_applied(tensor)
     return ops.cast(tensor, "float32")
+
+
+def _rows_as_applied(gradient: Any) -> Any:
+    """A sparse gradient's rows with the rows that share an index summed.
+
+    TensorFlow's sparse gradients (embeddings) hold one row per lookup, so an
+    id seen twice in a batch has two rows; the update adds both to the same
+    row of the variable (``scatter_add``), so the gradient it applied has
+    their sum there. The result has as many rows as ``gradient.values`` (the
+    extra ones zero): static shapes, so it works under XLA too, and it costs
+    one more buffer the size of the rows, never of the variable.
+    """
+    import tensorflow as tf
+
+    indices = gradient.indices
+    order = tf.argsort(indices, stable=True)
+    ordered = tf.gather(indices, order)
+    starts = tf.concat([[True], tf.not_equal(ordered[1:], ordered[:-1])], axis=0)
+    group = tf.cumsum(tf.cast(starts, indices.dtype)) - 1
+    segments = tf.scatter_nd(order[:, None], group, tf.shape(indices, out_type=order.dtype))
+    return tf.math.unsorted_segment_sum(gradient.values, segments, tf.size(indices))
 
 
 def _sum_of_squares(tensors: list[Any]) -> Any:

@@ -97,3 +97,36 @@ def test_no_tf_keras_module_inspects_call_frames() -> None:
                 names = {alias.name for alias in node.names} & module_functions[node.module]
                 found += [f"{path.name}:{node.lineno} {name}" for name in sorted(names)]
     assert found == []
+
+
+def _keras_3_only_names_in_the_docs() -> list[str]:
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "keras2.md").read_text()
+    paragraph = page.split("**Keras 3 only.**", 1)[1].split("tf_keras has no", 1)[0]
+    names = re.findall(r"`([A-Za-z_]+)`", paragraph)
+    return [n for n in names if n not in ("introspect_opt", "AttributeError", "TypeError")]
+
+
+@pytest.mark.parametrize("name", _keras_3_only_names_in_the_docs())
+def test_keras_3_only_names_say_so_under_keras_2(name: str) -> None:
+    """docs/keras2.md, "Keras 3 only": each listed name raises a clear AttributeError."""
+    import os
+
+    import introspect_opt
+
+    assert os.environ.get("TF_USE_LEGACY_KERAS") == "1"
+    with pytest.raises(AttributeError, match=rf"introspect_opt\.{name} is Keras 3 only"):
+        getattr(introspect_opt, name)
+
+
+def test_the_keras_3_only_list_is_complete() -> None:
+    """Every Keras 3 name tf_keras lacks is in docs/keras2.md's "Keras 3 only" list."""
+    import introspect_opt
+    from introspect_opt._keras3 import optimizers as keras_3_optimizers
+
+    documented = set(_keras_3_only_names_in_the_docs())
+    keras_3 = set(introspect_opt._KERAS_3_TOOLS) | set(keras_3_optimizers.__all__)
+    lacking = keras_3 - set(itk.__all__)
+    assert lacking <= documented, sorted(lacking - documented)
