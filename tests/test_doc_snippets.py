@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -134,6 +135,14 @@ def _read_above(lines: list[str]) -> tuple[tuple[str, ...], str | None]:
     return tuple(directives), marker.group("why").strip() if marker else None
 
 
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def marks(snippet: Snippet) -> list[pytest.MarkDecorator]:
     """The pytest marks a snippet's directives and its imports ask for."""
     found = []
@@ -150,7 +159,9 @@ def marks(snippet: Snippet) -> list[pytest.MarkDecorator]:
                     pytest.mark.skip(reason=f"for the {'/'.join(names)} backend; this is {BACKEND}")
                 )
         elif word == "keras2" and not rest:
-            if importlib.util.find_spec("tf_keras") is None:
+            # The distribution, not find_spec: tests/tf_keras is on sys.path as
+            # a namespace package of that name where tf-keras is not installed.
+            if not _installed("tf-keras"):
                 found.append(pytest.mark.skip(reason="Keras 2 code; needs tf_keras"))
         else:
             raise ValueError(
