@@ -75,6 +75,10 @@ def _number(value: Any) -> float:
     with np.errstate(over="ignore"):
         if not (math.isfinite(value) and np.isfinite(np.float32(value))):
             raise _NotHere
+    if value != 0 and abs(np.float32(value)) < np.finfo(np.float32).tiny:
+        # Subnormal (or flushed to 0) in float32: TensorFlow's kernels flush
+        # such values to zero, NumPy does not; left to Keras.
+        raise _NotHere
     return float(value)
 
 

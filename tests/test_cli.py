@@ -580,6 +580,9 @@ EXPONENTIAL = serialized(SCHEDULES.ExponentialDecay(0.1, 10, 0.5))
         ),
         pytest.param(serialized(SCHEDULES.PiecewiseConstantDecay([5], [1, 0.01])), id="int value"),
         pytest.param(keras.optimizers.serialize(keras.optimizers.SGD(0.1)), id="optimizer"),
+        # TensorFlow flushes float32 subnormals to zero; NumPy keeps them.
+        pytest.param(changed(EXPONENTIAL, decay_steps=1e-45), id="subnormal decay_steps"),
+        pytest.param(changed(EXPONENTIAL, decay_rate=1e-40), id="subnormal decay_rate"),
     ],
 )
 def test_configs_keras_must_evaluate(config: dict[str, Any]) -> None:

@@ -31,7 +31,11 @@ from helpers import bits, make_model, schedule_value
 
 from introspect_opt import IntrospectableSGD
 
-pytestmark = [pytest.mark.tf_only, pytest.mark.slow, pytest.mark.extended]  # .ci/run: `pytest -m extended`
+pytestmark = [
+    pytest.mark.tf_only,
+    pytest.mark.slow,
+    pytest.mark.extended,
+]  # .ci/run: `pytest -m extended`
 
 WORKER = "multi_worker_job.py"
 EXIT_OK, EXIT_ERROR, EXIT_PEER_FAILURE = 0, 2, 3  # as in the worker script

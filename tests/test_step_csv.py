@@ -393,3 +393,42 @@ def test_plain_optimizer_fails_at_train_begin(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match=r"UpdateCSVLogger .*introspect_opt.introspect"):
         fit(model, [UpdateCSVLogger(tmp_path / "u.csv")], epochs=1)
     assert not (tmp_path / "u.csv").exists()
+
+
+@pytest.mark.parametrize("earlier", ["UpdateCSVLogger", "RateHistoryToTensorBoard", "none"])
+def test_a_new_file_gets_this_fits_updates_only(tmp_path: Path, earlier: str) -> None:
+    """docs/logging.md: a file missing when fit starts holds no update applied before it."""
+    model = compiled()
+    callbacks: dict[str, list[Any]] = {
+        "UpdateCSVLogger": [UpdateCSVLogger(tmp_path / "first.csv")],
+        "RateHistoryToTensorBoard": [
+            introspect_opt.RateHistoryToTensorBoard(tmp_path / "logs", history_size=15)
+        ],
+        "none": [],
+    }
+    fit(model, callbacks[earlier], epochs=2)  # 10 updates, a history of them kept or not
+    assert iterations(model) == 10
+    path = tmp_path / "second.csv"
+    fit(model, [UpdateCSVLogger(path)], epochs=1)
+    assert [(int(r["update"]), r["learning_rate"]) for r in rows_of(path)] == [
+        (n, rate(n - 1)) for n in range(11, 16)
+    ]
+    path.unlink()  # deleted between fits: a new file again
+    fit(model, [UpdateCSVLogger(path)], epochs=1)
+    assert updates_of(path) == list(range(16, 21))
+
+
+def test_a_multi_optimizer_is_refused_at_train_begin(tmp_path: Path) -> None:
+    """docs/logging.md: one optimizer's rows per file; a MultiOptimizer fails before any update."""
+    model = make_model()
+    multi = keras.optimizers.MultiOptimizer(
+        keras.optimizers.OptimizerMap(
+            introspect_opt.IntrospectableSGD(0.1, name="low"),
+            {"dense.*": introspect_opt.IntrospectableSGD(0.2, name="high")},
+        )
+    )
+    model.compile(multi, loss="mse")
+    with pytest.raises(TypeError, match=r"UpdateCSVLogger writes the rows of one optimizer.*2"):
+        fit(model, [UpdateCSVLogger(tmp_path / "u.csv")], epochs=1)
+    assert not (tmp_path / "u.csv").exists()
+    assert iterations(model) == 0

@@ -122,6 +122,7 @@ class UpdateCSVLogger(keras.callbacks.Callback):
             list(_diagnostics.KEYS) if diagnostics else []
         )
         self._optimizer: Any = None
+        self._new_file = False
         self._logged = 0  # the last update in the file
         self._reconciled = False
         self._steps = StepCounter()
@@ -136,10 +137,23 @@ class UpdateCSVLogger(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         # Everything that can fail before anything changes: the file is
         # touched only then, and the optimizer after the file.
-        ((_, optimizer, _),) = Keras3.track(_NAME, self.model, None)
+        tracked = Keras3.track(_NAME, self.model, None)
+        if len(tracked) != 1:
+            labels = [label for label, _, _ in tracked]
+            raise TypeError(
+                f"{_NAME} writes the rows of one optimizer; this model's MultiOptimizer "
+                f"has {len(tracked)} ({labels}). Log them with LearningRateLogger "
+                "(one key per sub-optimizer) instead."
+            )
+        ((_, optimizer, _),) = tracked
         wanted = self.history_size or max(self._steps_between_reads(), 1)
+        # A file this callback creates now (missing, or deleted since) gets this
+        # fit's updates only; a file with a header already is continued.
+        self._new_file = not os.path.exists(self.filename) or os.path.getsize(self.filename) == 0
         if self.append:
             _check_header(self.filename, self.columns)
+            with open(self.filename, "a", encoding="utf-8"):
+                pass  # not writable: fail now, before an update is applied
         else:
             _write_new(self.filename, self.columns)
         self._optimizer = optimizer
@@ -189,8 +203,8 @@ class UpdateCSVLogger(keras.callbacks.Callback):
         """Matches the file to the optimizer's update count (after any restore)."""
         self._reconciled = True
         done = self._done()
-        if not self.append:
-            self._logged = done  # a fresh file: this fit's updates
+        if not self.append or self._new_file:
+            self._logged = done  # a new file: this fit's updates
             return
         last, clean = _last_update(self.filename)
         if last > done or not clean:

@@ -39,6 +39,14 @@ def refused_load(what: str, source: str, reason: str, fix: str = "") -> RefusedL
         fix: What to do instead.
     """
     text = f"Cannot restore {what} from {source}: {reason}"
+    if source == CHECKPOINT_SOURCE and "skip_mismatch" in fix:
+        # A checkpoint restore has no skip_mismatch to offer.
+        kept = fix.split("; or,", 1)[0] if "; or," in fix else ""
+        fix = (kept.rstrip(".") + ". " if kept else "") + (
+            "A tf.train.Checkpoint has no skip_mismatch: restore it into an optimizer "
+            "like the one that wrote it, or leave the optimizer out of the "
+            "tf.train.Checkpoint you restore into (that keeps its current state)."
+        )
     return RefusedLoad(f"{text} {fix}" if fix else text)
 
 

@@ -310,8 +310,8 @@ def check_identity(
         raise refused_load(
             what,
             source,
-            f"it was written by a {manifest.optimizer_class} optimizer, this one is a "
-            f"{own_class} (its slots would become this optimizer's slots). Nothing was "
+            f"it was written by {_a(manifest.optimizer_class)} optimizer, this one is "
+            f"{_a(own_class)} (its slots would become this optimizer's slots). Nothing was "
             "loaded into the optimizer.",
             fix,
         )
@@ -320,7 +320,7 @@ def check_identity(
         raise refused_load(
             what,
             source,
-            f"it was written by a {own_class} with arguments that give another slot "
+            f"it was written by {_a(own_class)} with arguments that give another slot "
             f"layout (per variable it holds {_roles(manifest.layout)}, this optimizer "
             f"{_roles(layout)}). Nothing was loaded into the optimizer.",
             fix,
@@ -332,3 +332,9 @@ def _roles(layout: tuple[tuple[Any, ...], ...]) -> str:
     per_variable = sorted({str(entry[0]) for entry in layout if entry[1] is not None})
     own = [str(entry[0]) for entry in layout if entry[1] is None]
     return f"slots {per_variable or 'none'} and own variables {own or 'none'}"
+
+
+def _a(name: str) -> str:
+    """``name`` with its article: "an Adagrad", "a SGD" (read as the letters' names)."""
+    vowel = name[:1] in "AEIOUaeiou" or name.startswith(("SGD", "RMS", "Ftrl"))
+    return f"{'an' if vowel else 'a'} {name}"
