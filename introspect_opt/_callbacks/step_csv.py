@@ -176,11 +176,7 @@ class UpdateCSVLogger(keras.callbacks.Callback):
             self._reconcile()
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        before = self._steps.batch_end(batch)
-        interval = self.interval
-        if interval == "batch" or (
-            isinstance(interval, int) and self._steps.total // interval > before // interval
-        ):
+        if self._steps.read_due(batch, self.interval):
             self._write()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:

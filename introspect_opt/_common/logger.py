@@ -147,6 +147,17 @@ class StepCounter:
         self.in_epoch = batch + 1
         return before
 
+    def read_due(self, batch: int, interval: str | int) -> bool:
+        """Counts up to ``batch``; whether a read at ``interval`` is due now.
+
+        Every call for ``"batch"``; for ``N``, the first call that passes a
+        multiple of ``N`` steps (``"epoch"``: never, its reads are at epoch ends).
+        """
+        before = self.batch_end(batch)
+        if interval == "batch":
+            return True
+        return isinstance(interval, int) and self.total // interval > before // interval
+
 
 class LoggerCore:
     """What ``LearningRateLogger`` does, for any Keras world's callback to delegate to.
@@ -237,11 +248,7 @@ class LoggerCore:
             self.at_epoch = self._counters()
 
     def batch_end(self, model: Any, batch: int, logs: dict[str, Any] | None) -> None:
-        before = self.steps.batch_end(batch)
-        interval = self.interval
-        if interval == "batch" or (
-            isinstance(interval, int) and self.steps.total // interval > before // interval
-        ):
+        if self.steps.read_due(batch, self.interval):
             self.read(model, logs, self.at_read)
 
     def epoch_end(self, model: Any, logs: dict[str, Any] | None) -> None:
