@@ -24,6 +24,7 @@ import numpy as np
 from keras import ops
 
 from introspect_opt._common.names import STATE_ATTRIBUTE
+from introspect_opt._common.protocols import WeightsStore
 from introspect_opt._keras3 import compat as _keras_private
 from introspect_opt._keras3.persistence import files as _persistence
 from introspect_opt._keras3.persistence import loss_scale as _loss_scale
@@ -184,7 +185,7 @@ class IntrospectableOptimizer(_OptimizerBase):
         def variables(self) -> list[Any]:
             return self._listed_variables()
 
-    def _check_wrapper_load(self, wrapper: Any, store: Any) -> None:
+    def _check_wrapper_load(self, wrapper: Any, store: WeightsStore) -> None:
         """Checks a file before ``wrapper`` (a LossScaleOptimizer around this one) loads it.
 
         Called by the wrapper's ``load_own_variables`` before it assigns
@@ -371,10 +372,10 @@ class IntrospectableOptimizer(_OptimizerBase):
         rate = ops.cast(learning_rate, rate_var.dtype)
         state.record(self, Update(list(grads), list(trainable_variables), rate, count))
 
-    def save_own_variables(self, store: Any) -> None:
+    def save_own_variables(self, store: WeightsStore) -> None:
         _persistence.save(self, self._ensure_introspection_state(), store)
 
-    def load_own_variables(self, store: Any) -> None:
+    def load_own_variables(self, store: WeightsStore) -> None:
         _persistence.load(self, self._ensure_introspection_state(), store)
 
     def _manifest_to_save(self) -> Any:

@@ -35,6 +35,7 @@ from introspect_opt._common.names import (
     RATE_KEY,
     STATE_MODULE_NAME,
 )
+from introspect_opt._common.protocols import WeightsStore
 from introspect_opt._keras3 import compat as _keras_private
 from introspect_opt._keras3 import dormant as _dormant
 from introspect_opt._keras3.features import Entries, Feature, Update, feature_named, features
@@ -325,7 +326,7 @@ class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
     # group itself, together with its own, so that it can check everything
     # before assigning anything (see persistence.files); here only the writing.
 
-    def save_own_variables(self, store: Any) -> None:
+    def save_own_variables(self, store: WeightsStore) -> None:
         entries = self.entries() if self.has_variables else None
         if entries is None and self.pending is not None:
             entries = self.pending.entries
@@ -336,7 +337,7 @@ class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
         if manifest is not None:
             store[MANIFEST_KEY] = manifest.encode()
 
-    def load_own_variables(self, store: Any) -> None:
+    def load_own_variables(self, store: WeightsStore) -> None:
         pass  # read by the owning optimizer, see persistence.files.read_file
 
 

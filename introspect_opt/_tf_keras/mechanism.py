@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import tensorflow as tf
 
 from introspect_opt._common.names import MANIFEST_CHILD, STATE_ATTRIBUTE
+from introspect_opt._common.protocols import WeightsStore
 from introspect_opt._tf_keras import compat as private
 from introspect_opt._tf_keras import manifest as manifest
 from introspect_opt._tf_keras import persistence as persistence
@@ -312,7 +313,7 @@ class NewIntrospectionMixin(_IntrospectionMixin):
         # Slots by position (`_variables/N`) that wait for `build`.
         private.drop_deferred_restores(private.new_variable_list(self), uid)
 
-    def save_own_variables(self, store: Any) -> None:
+    def save_own_variables(self, store: WeightsStore) -> None:
         """Saves the optimizer's state to a ``.keras`` / ``.weights.h5`` store.
 
         Writes exactly the plain optimizer's entries, and the cached rate in a
@@ -348,7 +349,7 @@ class NewIntrospectionMixin(_IntrospectionMixin):
         super().save_own_variables(store)
         persistence.save_keras_entries(self, store)
 
-    def load_own_variables(self, store: Any) -> None:
+    def load_own_variables(self, store: WeightsStore) -> None:
         """Loads the optimizer's state from a ``.keras`` / ``.weights.h5`` store.
 
         Every entry (the optimizer's variables and the cached rate) is checked

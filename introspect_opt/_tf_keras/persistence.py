@@ -39,6 +39,7 @@ from introspect_opt._common.names import (
     RATE_KEY,
     STATE_ATTRIBUTE,
 )
+from introspect_opt._common.protocols import WeightsStore
 from introspect_opt._tf_keras import compat as private
 from introspect_opt._tf_keras import manifest as manifest
 from introspect_opt._tf_keras.state import AppliedRateState
@@ -201,7 +202,7 @@ def _state_group(parent: Any) -> Any:
     return parent[STATE_ATTRIBUTE][private.ENTRIES_GROUP]
 
 
-def _wrapped_state_group(parent: Any, store: Any) -> Any:
+def _wrapped_state_group(parent: Any, store: WeightsStore) -> Any:
     """The cache of the optimizer a ``LossScaleOptimizer`` wrapped, when ``store`` is its copy.
 
     A mixed-precision model's file holds the wrapper's entries (a copy of the
@@ -222,7 +223,9 @@ def _wrapped_state_group(parent: Any, store: Any) -> Any:
     return group
 
 
-def _state_entries(store: Any, source: str) -> tuple[dict[str, np.ndarray] | None, Manifest | None]:
+def _state_entries(
+    store: WeightsStore, source: str
+) -> tuple[dict[str, np.ndarray] | None, Manifest | None]:
     """The cached rate and manifest saved next to an optimizer's entries, validated.
 
     None for what the file does not hold (a plain optimizer's file holds neither,
@@ -260,7 +263,7 @@ def _state_entries(store: Any, source: str) -> tuple[dict[str, np.ndarray] | Non
     return entries, recorded
 
 
-def save_keras_entries(optimizer: Any, store: Any) -> None:
+def save_keras_entries(optimizer: Any, store: WeightsStore) -> None:
     """Writes the cached rate beside the optimizer's own entries (h5 stores only)."""
     parent = private.h5_parent(store)
     if parent is None:
@@ -271,7 +274,7 @@ def save_keras_entries(optimizer: Any, store: Any) -> None:
     group[MANIFEST_KEY] = manifest.describe(optimizer).encode()
 
 
-def load_keras_entries(optimizer: Any, store: Any) -> None:
+def load_keras_entries(optimizer: Any, store: WeightsStore) -> None:
     """``load_own_variables`` for ``.keras`` / ``.weights.h5``: check all, then assign."""
     source = private.describe_store(store)
     state: AppliedRateState = optimizer._introspect_state()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from introspect_opt._common.errors import refused_load
 from introspect_opt._common.names import CORE_KEYS, COUNT_KEY
+from introspect_opt._common.protocols import WeightsStore
 from introspect_opt._keras3.features import Entries, features, known_keys
 from introspect_opt._keras3.host import is_number_array
 
@@ -18,7 +17,7 @@ _FIX = (
 )
 
 
-def check_entries(store: Any, source: str) -> Entries | None:
+def check_entries(store: WeightsStore, source: str) -> Entries | None:
     """This state's entries in a file, validated in full; None for a plain file.
 
     Checks names, groups, shapes and dtypes of every entry (the features'

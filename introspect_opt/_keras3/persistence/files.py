@@ -30,6 +30,7 @@ import numpy as np
 from introspect_opt._common.errors import RefusedLoad, refused_load
 from introspect_opt._common.manifest import Manifest, decode
 from introspect_opt._common.names import MANIFEST_KEY, STATE_ATTRIBUTE
+from introspect_opt._common.protocols import WeightsStore
 from introspect_opt._keras3 import compat as _keras_private
 from introspect_opt._keras3.features import Entries
 from introspect_opt._keras3.host import host_array, is_number_array
@@ -61,7 +62,7 @@ class FileState:
     manifest: Manifest | None  # None: plain Keras, or introspect-opt 0.2
 
 
-def read_file(optimizer: Any, store: Any) -> FileState:
+def read_file(optimizer: Any, store: WeightsStore) -> FileState:
     """Reads and checks the optimizer's entries, the state's group and the manifest of a file."""
     source = _keras_private.describe_store(store)
     values = read_numbered(optimizer, store, source)
@@ -113,7 +114,7 @@ def unreadable(optimizer: Any, source: str, error: BaseException) -> RefusedLoad
     )
 
 
-def read_numbered(optimizer: Any, store: Any, source: str) -> list[np.ndarray]:
+def read_numbered(optimizer: Any, store: WeightsStore, source: str) -> list[np.ndarray]:
     """The numbered entries Keras writes for an optimizer, checked to be numbers."""
     keys = set(store.keys())
     if keys != {str(i) for i in range(len(keys))}:
@@ -155,7 +156,7 @@ def check_file(optimizer: Any, file: FileState) -> Plan | None:
     return None
 
 
-def load(optimizer: Any, state: AppliedRateState, store: Any) -> None:
+def load(optimizer: Any, state: AppliedRateState, store: WeightsStore) -> None:
     """Replaces ``Optimizer.load_own_variables``: everything, or an error and no change."""
     refused, state.wrapper_check = state.wrapper_check, None
     if refused is not None and refused[0]() is store and refused[1] is not None:
@@ -187,7 +188,7 @@ def load(optimizer: Any, state: AppliedRateState, store: Any) -> None:
     enqueue(optimizer, state, file.source, file.values, file.entries, file.manifest)
 
 
-def _loss_scaling_hint(store: Any) -> str:
+def _loss_scaling_hint(store: WeightsStore) -> str:
     """A hint when the file's optimizer was wrapped in a LossScaleOptimizer and this one is not."""
     try:
         wrapped = _keras_private.read_child_group(store, _keras_private.WRAPPED_CHILD)
@@ -227,7 +228,7 @@ def manifest_to_save(optimizer: Any, state: AppliedRateState) -> Manifest | None
     return pending.manifest.with_prefix(list(manifest.variables))
 
 
-def save(optimizer: Any, state: AppliedRateState, store: Any) -> None:
+def save(optimizer: Any, state: AppliedRateState, store: WeightsStore) -> None:
     """Replaces ``Optimizer.save_own_variables``, with nothing left behind.
 
     Each value is written as it is read: a save holds one variable's copy at a time.

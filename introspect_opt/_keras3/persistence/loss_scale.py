@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from introspect_opt._common.errors import refused_load
+from introspect_opt._common.protocols import WeightsStore
 from introspect_opt._keras3 import compat as _keras_private
 from introspect_opt._keras3.compat import WRAPPER_VARIABLES_BEFORE_BUILD
 from introspect_opt._keras3.persistence.files import (
@@ -27,7 +28,9 @@ from introspect_opt._keras3.persistence.matching import FIX, assign, describe, m
 from introspect_opt._keras3.state import AppliedRateState
 
 
-def check_wrapper_load(optimizer: Any, state: AppliedRateState, wrapper: Any, store: Any) -> None:
+def check_wrapper_load(
+    optimizer: Any, state: AppliedRateState, wrapper: Any, store: WeightsStore
+) -> None:
     """Checks a file before the ``LossScaleOptimizer`` wrapping ``optimizer`` loads it.
 
     The wrapper assigns its own variables and ``optimizer``'s by position
