@@ -216,11 +216,8 @@ class UpdateCSVLogger(keras.callbacks.Callback):
         if optimizer is None:
             return
         done = self._done()
-        updates, rates = _history.recorded_rates(optimizer)
         last = self._logged
-        new = updates > last
-        updates, rates = updates[new], rates[new]
-        lost = min((int(updates[0]) if updates.size else done + 1) - last - 1, done - last)
+        updates, rates, lost = _history.rates_since(optimizer, last, done)
         if lost > 0 and not quiet and not self._warned:
             self._warned = True
             size = _history.history_size(optimizer._ensure_introspection_state())

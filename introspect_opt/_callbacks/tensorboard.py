@@ -143,12 +143,8 @@ class RateHistoryToTensorBoard(keras.callbacks.Callback):
 
         _keras_private.sync_training_state(self.model)  # JAX keeps fit\'s state off the variables
         for name, optimizer, _ in self._tracked:
-            updates, rates = _history.recorded_rates(optimizer)
-            last = self._logged.get(name, 0)
-            new = updates > last
-            updates, rates = updates[new], rates[new]
             done = int(host_array(optimizer.iterations))
-            lost = min((int(updates[0]) if updates.size else done + 1) - last - 1, done - last)
+            updates, rates, lost = _history.rates_since(optimizer, self._logged.get(name, 0), done)
             if lost > 0 and not self._warned:
                 self._warned = True
                 size = _history.history_size(optimizer._ensure_introspection_state())

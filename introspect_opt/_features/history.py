@@ -260,6 +260,19 @@ def recorded_rates(optimizer: Any) -> tuple[np.ndarray, np.ndarray]:
     return updates[valid][order], rates[valid][order]
 
 
+def rates_since(optimizer: Any, last: int, done: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The recorded ``(updates, rates)`` after update ``last``, and how many are lost.
+
+    Lost: of the updates ``last + 1 .. done``, those the history no longer
+    holds (it keeps the newest only); what a reader that fell behind warns of.
+    """
+    updates, rates = recorded_rates(optimizer)
+    new = updates > last
+    updates, rates = updates[new], rates[new]
+    lost = min((int(updates[0]) if updates.size else done + 1) - last - 1, done - last)
+    return updates, rates, lost
+
+
 def rate_history(obj: Any) -> tuple[np.ndarray, np.ndarray]:
     """The learning rates of the most recent updates, with their update numbers.
 
