@@ -148,6 +148,54 @@ def test_hook_runs_once_per_applied_update_only() -> None:
 
 
 @canary(
+    WEIGHT_DECAY_HOOK="BaseOptimizer._apply_weight_decay(variables), called right before "
+    "_backend_update_step with the same variables, in the same branch"
+)
+def test_weight_decay_runs_right_before_the_update_step_with_the_same_variables() -> None:
+    """Keras decays exactly the variables it then updates, just before updating them.
+
+    While diagnostics watch each variable, the mixin defers the decay and
+    applies it one variable at a time, right before that variable's update
+    step: that is only the same update if Keras pairs the two calls so.
+    """
+    events: list[tuple[str, list[int]]] = []
+    base = keras.optimizers.AdamW
+
+    def decay(self: Any, variables: Any) -> None:
+        events.append(("decay", [id(v) for v in variables]))
+        getattr(base, compat.WEIGHT_DECAY_HOOK)(self, variables)
+
+    def update(self: Any, grads: Any, trainable_variables: Any, learning_rate: Any) -> None:
+        events.append(("update", [id(v) for v in trainable_variables]))
+        getattr(base, compat.UPDATE_STEP_HOOK)(self, grads, trainable_variables, learning_rate)
+
+    spy = type("Spy", (base,), {compat.WEIGHT_DECAY_HOOK: decay, compat.UPDATE_STEP_HOOK: update})
+    assert list(inspect.signature(getattr(base, compat.WEIGHT_DECAY_HOOK)).parameters) == [
+        "self",
+        "variables",
+    ]
+    optimizer = spy(0.1, weight_decay=0.5)
+    w, b = keras.Variable([1.0, 2.0]), keras.Variable([3.0])
+    optimizer.apply_gradients([(keras.ops.ones((2,)), w), (keras.ops.ones((1,)), b)])
+    assert events == [("decay", [id(w), id(b)]), ("update", [id(w), id(b)])], events
+
+
+@canary(
+    variable_index="BaseOptimizer._get_variable_index(variable)",
+    rate_variable="BaseOptimizer._learning_rate (a keras.Variable for a float rate)",
+)
+def test_variable_index_and_rate_variable() -> None:
+    """Keras finds a variable's position among those it was built for; a float rate is one."""
+    optimizer = keras.optimizers.SGD(0.25)
+    variables = [keras.Variable([1.0]), keras.Variable([2.0, 3.0])]
+    optimizer.build(variables)
+    assert [compat.variable_index(optimizer, v) for v in reversed(variables)] == [1, 0]
+    rate = compat.rate_variable(optimizer)
+    assert isinstance(rate, keras.Variable) and any(v is rate for v in optimizer.variables)
+    assert compat.rate_variable(keras.optimizers.SGD(SCHEDULE)) is None
+
+
+@canary(
     raw_step_counter="BaseOptimizer._iterations (the raw counter, micro-steps included)",
     learning_rate_at="BaseOptimizer._learning_rate and keras.src.optimizers.schedules."
     "learning_rate_schedule.LearningRateSchedule (as _get_current_learning_rate reads them)",

@@ -11,38 +11,39 @@ With diagnostics on, every applied update also writes three float32 scalars:
 * ``update_to_weight_ratio``: ``update_norm`` divided by the global norm of the
   variables before the update (``inf`` or ``nan`` when those are all zero).
 
-The weights from before the update are copied when ``apply`` starts (before
-weight decay) and handed to the write after the update within the same trace,
-through thread-local storage: never an attribute Keras or TensorFlow would
-track, and never shared between the threads in which ``MirroredStrategy``
-traces its replicas.
+With ``per_variable=True`` it also keeps, for each variable the optimizer was
+built for, the gradient, update and weight norms of that variable (one float32
+row of three per variable, rows in the order the optimizer was built for its
+variables, as the manifest records them).
+
+No copy of the model: the feature watches each variable's own update
+(``Feature.watches_variables``), so that the optimizer applies the update one
+variable at a time and the feature holds a copy of one variable at a time.
+What it keeps between variables is three sums of squares per variable; the
+global values are derived from them.
 """
 
 from __future__ import annotations
 
-import threading
 import warnings
-from typing import Any
+from typing import Any, Literal, overload
 
 import keras
 import numpy as np
 from keras import ops
 
 from introspect_opt._common.names import STATE_ATTRIBUTE
+from introspect_opt._keras3 import compat as _keras_private
 from introspect_opt._keras3.features import Entries, Feature, Update, register_feature
 from introspect_opt._keras3.host import host_array
 from introspect_opt._keras3.resolve import resolve_optimizer
 from introspect_opt._keras3.state import AppliedRateState, make_variable
 
 KEYS = ("gradient_norm", "update_norm", "update_to_weight_ratio")
-
-_LOCAL = threading.local()
-
-
-def _weights_before(optimizer: Any) -> dict[int, Any]:
-    """This thread's copies of ``optimizer``'s weights from the start of ``apply``."""
-    slots: dict[int, dict[int, Any]] = _LOCAL.__dict__.setdefault("weights", {})
-    return slots.setdefault(id(optimizer), {})
+PER_VARIABLE_KEY = "per_variable_norms"
+# The columns of PER_VARIABLE_KEY, and the keys a per-variable read derives from them.
+NORMS = ("gradient_norm", "update_norm", "weight_norm")
+PER_VARIABLE_KEYS = (*NORMS, "update_to_weight_ratio", "effective_learning_rate")
 
 
 def _values(tensor: Any) -> Any:
@@ -75,27 +76,24 @@ def _rows_as_applied(gradient: Any) -> Any:
     return tf.math.unsorted_segment_sum(gradient.values, segments, tf.size(indices))
 
 
-def _sum_of_squares(tensors: list[Any]) -> Any:
-    total = ops.zeros((), "float32")
-    for tensor in tensors:
-        total = ops.add(total, ops.sum(ops.square(_values(tensor))))
-    return total
+def _sum_of_squares(tensor: Any) -> Any:
+    return ops.sum(ops.square(tensor))
 
 
-def _summed_over_replicas(gradients: list[Any]) -> list[Any]:
-    """The gradients summed over replicas, under a multi-replica tf.distribute step.
+def _summed_over_replicas(gradient: Any) -> Any:
+    """The gradient summed over replicas, under a multi-replica tf.distribute step.
 
-    Keras sums them inside its update step, out of reach; this costs one more
-    all-reduce of the gradients per update (only with diagnostics on).
+    Keras sums it inside its update step, out of reach; this costs one more
+    all-reduce of the gradient (only with diagnostics on).
     """
-    if keras.backend.backend() != "tensorflow" or not gradients:
-        return gradients
+    if keras.backend.backend() != "tensorflow":
+        return gradient
     import tensorflow as tf
 
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync <= 1:
-        return gradients
-    return list(context.all_reduce(tf.distribute.ReduceOp.SUM, gradients))
+        return gradient
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, gradient)
 
 
 class _Diagnostics(Feature):
@@ -106,40 +104,113 @@ class _Diagnostics(Feature):
         for key in reversed(KEYS):  # the feature exists once its first key is set
             setattr(state, key, make_variable(optimizer, key, np.full((), np.nan, "float32")))
 
-    def before_apply(
-        self, optimizer: Any, state: AppliedRateState, gradients: list[Any], variables: list[Any]
-    ) -> None:
-        held = _weights_before(optimizer)
-        held.clear()
-        for variable in variables:
-            held[id(variable)] = ops.copy(_values(variable))
+    def watches_variables(self, optimizer: Any, state: AppliedRateState) -> bool:
+        return True
+
+    def before_variable(
+        self, optimizer: Any, state: AppliedRateState, gradient: Any, variable: Any
+    ) -> Any:
+        return ops.copy(_values(variable))  # before its weight decay and update
+
+    def after_variable(
+        self,
+        optimizer: Any,
+        state: AppliedRateState,
+        gradient: Any,
+        variable: Any,
+        rate: Any,
+        before: Any,
+    ) -> Any:
+        applied = _values(_summed_over_replicas(gradient))
+        return ops.stack(
+            [
+                _sum_of_squares(applied),
+                _sum_of_squares(ops.subtract(_values(variable), before)),
+                _sum_of_squares(before),
+            ]
+        )
 
     def after_update(self, optimizer: Any, state: AppliedRateState, update: Update) -> None:
-        held = _weights_before(optimizer)
-        if any(id(v) not in held for v in update.variables):
+        seen = update.observed.get(self.name)
+        if seen is None or len(seen) != len(update.variables):
             raise RuntimeError(  # pragma: no cover - a Keras change would land here
-                "introspect_opt diagnostics did not see the weights before this "
-                "update; please report this with your Keras version."
+                "introspect_opt diagnostics did not see each variable's update; please "
+                "report this with your Keras version."
             )
-        before = [held[id(v)] for v in update.variables]
-        held.clear()
-        gradients = _summed_over_replicas([g for g in update.gradients if g is not None])
-        gradient_norm = ops.sqrt(_sum_of_squares(gradients))
-        change = [
-            ops.subtract(_values(v), b) for v, b in zip(update.variables, before, strict=True)
-        ]
-        update_norm = ops.sqrt(_sum_of_squares(change))
-        weight_norm = ops.sqrt(_sum_of_squares(before))
-        state.gradient_norm.assign(gradient_norm)
-        state.update_norm.assign(update_norm)
-        state.update_to_weight_ratio.assign(ops.divide(update_norm, weight_norm))
+        squares = ops.stack(seen) if seen else ops.zeros((0, 3), "float32")
+        gradient, change, weights = (ops.sqrt(t) for t in ops.unstack(ops.sum(squares, 0), 3))
+        state.gradient_norm.assign(gradient)
+        state.update_norm.assign(change)
+        state.update_to_weight_ratio.assign(ops.divide(change, weights))
+        if state.has(PER_VARIABLE.name):
+            _PER_VARIABLE.write(optimizer, state, update.variables, seen)
 
-    def assign(self, optimizer: Any, state: AppliedRateState, entries: Entries | None) -> None:
+    def assign(
+        self,
+        optimizer: Any,
+        state: AppliedRateState,
+        entries: Entries | None,
+        owners: dict[int, int] | None = None,
+    ) -> None:
         for key in KEYS:
             getattr(state, key).assign(np.nan if entries is None else entries[key])
 
 
+class _PerVariable(Feature):
+    """Per-variable norms: one row per variable the optimizer was built for.
+
+    Switched on together with diagnostics (``record_diagnostics(...,
+    per_variable=True)``); the diagnostics feature writes it.
+    """
+
+    name = "per_variable_diagnostics"
+    keys = (PER_VARIABLE_KEY,)
+    # Entries with one row per model variable the file's manifest records.
+    rows_per_model_variable = (PER_VARIABLE_KEY,)
+
+    def create(self, optimizer: Any, state: AppliedRateState, **options: Any) -> None:
+        count = len(_keras_private.variables_built_for(optimizer))
+        initial = np.full((count, len(NORMS)), np.nan, "float32")
+        setattr(state, PER_VARIABLE_KEY, make_variable(optimizer, PER_VARIABLE_KEY, initial))
+
+    def write(
+        self, optimizer: Any, state: AppliedRateState, variables: list[Any], seen: list[Any]
+    ) -> None:
+        """Writes this update's rows (``nan`` for variables it did not update)."""
+        missing = ops.full((len(NORMS),), np.nan, "float32")
+        rows = [missing] * len(_keras_private.variables_built_for(optimizer))
+        for variable, squares in zip(variables, seen, strict=True):
+            rows[_keras_private.variable_index(optimizer, variable)] = ops.sqrt(squares)
+        table = ops.stack(rows) if rows else ops.zeros((0, len(NORMS)), "float32")
+        getattr(state, PER_VARIABLE_KEY).assign(table)
+
+    def check(self, entries: Entries) -> str | None:
+        value = entries[PER_VARIABLE_KEY]
+        if value.ndim != 2 or value.shape[1] != len(NORMS) or value.dtype.kind != "f":
+            return (
+                f"{PER_VARIABLE_KEY!r} holds {value.dtype} of shape {value.shape}, not "
+                f"floats of shape (variables, {len(NORMS)})"
+            )
+        return None
+
+    def assign(
+        self,
+        optimizer: Any,
+        state: AppliedRateState,
+        entries: Entries | None,
+        owners: dict[int, int] | None = None,
+    ) -> None:
+        variable = getattr(state, PER_VARIABLE_KEY)
+        table = np.full(tuple(variable.shape), np.nan, "float32")
+        if entries is not None and owners is not None:
+            for recorded, here in owners.items():
+                table[here] = entries[PER_VARIABLE_KEY][recorded]
+        variable.assign(table)
+
+
 DIAGNOSTICS = register_feature(_Diagnostics())
+_PER_VARIABLE = _PerVariable()
+PER_VARIABLE = register_feature(_PER_VARIABLE)
 
 
 def read(optimizer: Any) -> dict[str, float]:
@@ -155,7 +226,54 @@ def read(optimizer: Any) -> dict[str, float]:
     return {key: float(host_array(getattr(state, key))) if fresh else np.nan for key in KEYS}
 
 
-def record_diagnostics(optimizer: Any) -> Any:
+def variable_keys(optimizer: Any) -> list[str]:
+    """The keys of the per-variable read: each variable's path, numbered when shared.
+
+    A path that several variables share (two sub-models with a layer of the
+    same name) gets ``#2``, ``#3`` ... after its first, in the order the
+    optimizer was built for them.
+    """
+    keys: list[str] = []
+    seen: dict[str, int] = {}
+    for variable in _keras_private.variables_built_for(optimizer):
+        path = str(variable.path)
+        seen[path] = seen.get(path, 0) + 1
+        keys.append(path if seen[path] == 1 else f"{path}#{seen[path]}")
+    return keys
+
+
+def read_per_variable(optimizer: Any) -> dict[str, dict[str, float]]:
+    """``{path: {key: float}}`` for the last update; empty without per-variable diagnostics."""
+    state = optimizer.__dict__.get(STATE_ATTRIBUTE)
+    if state is None or not state.has(PER_VARIABLE.name):
+        return {}
+    table = np.array(host_array(getattr(state, PER_VARIABLE_KEY)), dtype=np.float32)
+    if not state.is_current(optimizer):
+        table[:] = np.nan
+    gradient, change, weights = table[:, 0], table[:, 1], table[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = change / weights
+        effective = np.where(gradient == 0, np.float32(np.nan), change / gradient)
+    columns = (gradient, change, weights, ratio, effective)
+    return {
+        key: {
+            name: float(column[row])
+            for name, column in zip(PER_VARIABLE_KEYS, columns, strict=True)
+        }
+        for row, key in enumerate(variable_keys(optimizer))
+    }
+
+
+def _check_switch(value: Any, caller: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(
+            f"{caller}: `per_variable` must be True or False, got {value!r} "
+            f"({type(value).__name__})."
+        )
+    return bool(value)
+
+
+def record_diagnostics(optimizer: Any, per_variable: bool = False) -> Any:
     """Records, on every applied update, its gradient norm and update size.
 
     Every update then also writes, on the device (no host round-trip):
@@ -164,10 +282,17 @@ def record_diagnostics(optimizer: Any) -> Any:
     ``tf.distribute`` strategy), ``update_norm`` (global L2 norm of the change
     to the trainable variables, decoupled weight decay included) and
     ``update_to_weight_ratio`` (``update_norm`` over the norm of the variables
-    before the update). Costs a copy of the weights at every ``apply`` and a
-    few reductions per update; under a multi-replica ``tf.distribute``
-    strategy, one more all-reduce of the gradients. Weight updates stay
-    bit-identical. ``LearningRateLogger(diagnostics=True)`` calls this for you.
+    before the update). With ``per_variable=True`` it keeps the same norms for
+    each variable too (read them with
+    ``last_update_diagnostics(obj, per_variable=True)``).
+
+    The optimizer then applies each update one variable at a time (decay,
+    then update step, as Keras does), and holds a copy of one variable at a
+    time: the extra memory is the largest variable plus three scalars per
+    variable, never a copy of the model. Weight updates stay bit-identical.
+    Under a multi-replica ``tf.distribute`` strategy it costs one more
+    all-reduce of each gradient. ``LearningRateLogger(diagnostics=True)``
+    calls this for you.
 
     On TensorFlow, a function that traced the update step before (``fit``'s
     train function, say) does not record them until it is traced again: pass
@@ -177,12 +302,15 @@ def record_diagnostics(optimizer: Any) -> Any:
     Args:
         optimizer: An introspectable optimizer (or a ``LossScaleOptimizer``
             around one, or a compiled model).
+        per_variable: Also keep each variable's norms. Once on, it stays on
+            (as diagnostics do); ``False`` leaves it as it is.
 
     Returns:
         The introspectable optimizer.
 
     Raises:
-        TypeError: ``optimizer`` is not (and holds no) introspectable optimizer.
+        TypeError: ``optimizer`` is not (and holds no) introspectable
+            optimizer, or ``per_variable`` is not a bool.
 
     Examples:
         >>> import keras, introspect_opt
@@ -193,9 +321,13 @@ def record_diagnostics(optimizer: Any) -> Any:
         >>> {k: round(v, 4) for k, v in diagnostics.items()}
         {'gradient_norm': 1.0, 'update_norm': 0.5, 'update_to_weight_ratio': 0.1}
     """
+    per_variable = _check_switch(per_variable, "record_diagnostics()")
     target = resolve_optimizer(optimizer, "record_diagnostics()")
     state = target._ensure_introspection_state()
-    if state.enable(target, DIAGNOSTICS.name) and state.traced:
+    created = state.enable(target, DIAGNOSTICS.name)
+    if per_variable:
+        created = state.enable(target, PER_VARIABLE.name) or created
+    if created and state.traced:
         if getattr(optimizer, "train_function", None) is not None:  # a compiled model
             optimizer.make_train_function(force=True)
         else:
@@ -210,12 +342,31 @@ def record_diagnostics(optimizer: Any) -> Any:
     return target
 
 
-def last_update_diagnostics(obj: Any) -> dict[str, float]:
+@overload
+def last_update_diagnostics(obj: Any, per_variable: Literal[False] = False) -> dict[str, float]: ...
+
+
+@overload
+def last_update_diagnostics(
+    obj: Any, per_variable: Literal[True]
+) -> dict[str, dict[str, float]]: ...
+
+
+@overload
+def last_update_diagnostics(
+    obj: Any, per_variable: bool
+) -> dict[str, float] | dict[str, dict[str, float]]: ...
+
+
+def last_update_diagnostics(
+    obj: Any, per_variable: bool = False
+) -> dict[str, float] | dict[str, dict[str, float]]:
     """The diagnostics of the last applied update, read in one go.
 
     Args:
         obj: An introspectable optimizer, a ``LossScaleOptimizer`` around one,
             or a compiled model (on JAX, use the model inside ``fit``).
+        per_variable: Read each variable's values instead of the global ones.
 
     Returns:
         ``{"gradient_norm": ..., "update_norm": ..., "update_to_weight_ratio":
@@ -224,15 +375,36 @@ def last_update_diagnostics(obj: Any) -> dict[str, float]:
         without them. Empty when the optimizer does not record diagnostics
         (see ``record_diagnostics``).
 
+        With ``per_variable=True``: ``{variable.path: {"gradient_norm",
+        "update_norm", "weight_norm", "update_to_weight_ratio",
+        "effective_learning_rate"}}`` for every variable the optimizer was
+        built for, in that order (``weight_norm``: before the update;
+        ``effective_learning_rate``: ``update_norm / gradient_norm``, ``nan``
+        for a zero gradient); ``nan`` for a variable the last update did not
+        change (no gradient). Empty unless recorded with
+        ``record_diagnostics(..., per_variable=True)``.
+
     Raises:
-        TypeError: ``obj`` is not (and holds no) introspectable optimizer.
+        TypeError: ``obj`` is not (and holds no) introspectable optimizer, or
+            ``per_variable`` is not a bool.
 
     Examples:
-        >>> import introspect_opt
-        >>> introspect_opt.last_update_diagnostics(introspect_opt.IntrospectableSGD(0.1))
+        >>> import keras, introspect_opt
+        >>> opt = introspect_opt.IntrospectableSGD(0.1)
+        >>> introspect_opt.last_update_diagnostics(opt)
         {}
+        >>> _ = introspect_opt.record_diagnostics(opt, per_variable=True)
+        >>> w = keras.Variable([3.0, 4.0], name="w")
+        >>> _ = opt.apply_gradients([(keras.ops.convert_to_tensor([0.6, 0.8]), w)])
+        >>> rows = introspect_opt.last_update_diagnostics(opt, per_variable=True)
+        >>> round(rows["w"]["effective_learning_rate"], 6)  # plain SGD: the rate
+        0.1
     """
-    return read(resolve_optimizer(obj, "last_update_diagnostics()"))
+    per_variable = _check_switch(per_variable, "last_update_diagnostics()")
+    optimizer = resolve_optimizer(obj, "last_update_diagnostics()")
+    if per_variable:
+        return read_per_variable(optimizer)
+    return read(optimizer)
 
 
 def update_diagnostics(obj: Any) -> dict[str, float]:

@@ -80,7 +80,13 @@ class _History(Feature):
             )
         return _misplaced_updates(updates, entries.get(COUNT_KEY))
 
-    def assign(self, optimizer: Any, state: AppliedRateState, entries: Entries | None) -> None:
+    def assign(
+        self,
+        optimizer: Any,
+        state: AppliedRateState,
+        entries: Entries | None,
+        owners: dict[int, int] | None = None,
+    ) -> None:
         entries = entries or {}
         rates, updates = rebucket(
             entries.get(RATES_KEY),

@@ -197,7 +197,13 @@ class _Multiplier(Feature):
         elif not isinstance(source, ScaledLearningRate):
             optimizer.learning_rate = ScaledLearningRate(source, value)
 
-    def assign(self, optimizer: Any, state: AppliedRateState, entries: Entries | None) -> None:
+    def assign(
+        self,
+        optimizer: Any,
+        state: AppliedRateState,
+        entries: Entries | None,
+        owners: dict[int, int] | None = None,
+    ) -> None:
         # A file without a multiplier was written by an optimizer training at 1.
         state.learning_rate_multiplier.assign(1.0 if entries is None else entries[KEY])
 

@@ -47,6 +47,7 @@ __all__ = [
     "UPDATE_STEP_HOOK",
     "VARIABLES_CHILD",
     "VARIABLE_ATTRIBUTE",
+    "WEIGHT_DECAY_HOOK",
     "WRAPPED_CHILD",
     "WRAPPER_CLASS",
     "WRAPPER_LOAD",
@@ -72,6 +73,7 @@ __all__ = [
     "learning_rate_source",
     "point_store",
     "public_class",
+    "rate_variable",
     "raw_step_counter",
     "read_child_group",
     "rebind_checkpoint_value",
@@ -80,6 +82,7 @@ __all__ = [
     "sync_training_state",
     "unnumbered_default_name",
     "unpickle",
+    "variable_index",
     "variables_built_for",
     "waiting_checkpoint_slots",
     "waiting_checkpoint_values",
@@ -91,6 +94,13 @@ __all__ = [
 # exact learning-rate value it hands to ``update_step`` (inside the
 # gradient-accumulation branch that really updates; never on skipped steps).
 UPDATE_STEP_HOOK = "_backend_update_step"
+
+# The method every Keras backend calls right before UPDATE_STEP_HOOK, in the
+# same branch and with the same variables, to apply decoupled weight decay
+# (Muon overrides it with a decay per variable kind). While a feature watches
+# each variable's own update, the mixin defers it and applies it one variable
+# at a time, right before that variable's update step (see _keras3.mixin).
+WEIGHT_DECAY_HOOK = "_apply_weight_decay"
 
 # TensorFlow's checkpointing protocol (checked against TensorFlow 2.20 and
 # 2.21): ``tf.train.Checkpoint`` lists an object's children through this
@@ -122,6 +132,7 @@ SAVEABLE_TYPE_HOOK = "_obj_type"
 PRIVATE_HOOKS = frozenset(
     {
         UPDATE_STEP_HOOK,
+        WEIGHT_DECAY_HOOK,
         TF_CHILDREN_HOOK,
         TF_LOOKUP_HOOK,
         TF_SAVE_HOOK,
@@ -181,6 +192,15 @@ def variables_built_for(optimizer: Any) -> list[Any]:
     return list(optimizer._trainable_variables)
 
 
+def variable_index(optimizer: Any, variable: Any) -> int:
+    """The position of ``variable`` among ``variables_built_for(optimizer)``.
+
+    Keras's own lookup (``_get_variable_index``): it also finds the Keras
+    variable a ``tf.distribute`` variable stands for.
+    """
+    return int(optimizer._get_variable_index(variable))
+
+
 def unpickle(optimizer_class: type, *args: Any) -> Any:
     """Rebuilds an object of ``optimizer_class`` from the arguments its pickle holds.
 
@@ -222,6 +242,12 @@ def learning_rate_at(optimizer: Any, step: Any) -> Any:
 def has_rate_variable(optimizer: Any) -> bool:
     """Whether the rate is a variable (a float rate) held in optimizer.variables."""
     return isinstance(optimizer._learning_rate, keras.Variable)
+
+
+def rate_variable(optimizer: Any) -> Any:
+    """The variable holding a float rate (in optimizer.variables); None for a schedule."""
+    rate = optimizer._learning_rate
+    return rate if isinstance(rate, keras.Variable) else None
 
 
 # A ``LossScaleOptimizer`` saves and loads the variables of the optimizer it

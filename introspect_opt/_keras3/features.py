@@ -32,6 +32,9 @@ class Update:
     variables: list[Any]
     rate: Any  # in the cache's dtype
     count: Any  # the update count it belongs to
+    # What each feature that watches variables (Feature.watches_variables)
+    # returned from after_variable, by feature name, one per variable above.
+    observed: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
 
 
 class Feature:
@@ -41,10 +44,15 @@ class Feature:
     entry names in files and checkpoints). The optimizer calls, for every
     feature whose variables exist:
 
-    * :meth:`before_apply` at the start of ``apply`` (in the traced step,
-      before weight decay and the update; also on accumulation micro-steps);
+    * :meth:`before_variable` and :meth:`after_variable` around each
+      variable's own update, when :meth:`watches_variables` says so: the
+      optimizer then applies the update one variable at a time (its decoupled
+      weight decay, then its update step), so that a feature can look at one
+      variable before and after without holding a copy of the others
+      (``mixin``: the result is bit-identical to the whole update at once);
     * :meth:`after_update` right after an update was applied and the cached
-      rate written (never on micro-steps or skipped steps).
+      rate written (never on micro-steps or skipped steps), with what
+      :meth:`after_variable` returned in ``update.observed[name]``.
 
     Loading calls :meth:`check` on a file's entries before anything is
     assigned and :meth:`assign` after; ``None`` entries mean the file was
@@ -63,6 +71,10 @@ class Feature:
     # A file or checkpoint holding this feature's entries creates it on load:
     # training state that the rate depends on must not be dropped.
     created_by_files: ClassVar[bool] = False
+    # Entries with one row per model variable the optimizer was built for, in
+    # the order the manifest's ``built_for`` records: a load checks their row
+    # count against the manifest and hands ``assign`` the owners of the rows.
+    rows_per_model_variable: ClassVar[tuple[str, ...]] = ()
 
     def create(self, optimizer: Any, state: AppliedRateState, **options: Any) -> None:
         """Creates the feature's variables (called eagerly, in the strategy's scope)."""
@@ -93,10 +105,34 @@ class Feature:
         """
         return {}
 
-    def before_apply(
-        self, optimizer: Any, state: AppliedRateState, gradients: list[Any], variables: list[Any]
-    ) -> None:
-        """Called at the start of every ``apply`` (traced)."""
+    def watches_variables(self, optimizer: Any, state: AppliedRateState) -> bool:
+        """Whether the update must call :meth:`before_variable` / :meth:`after_variable`."""
+        return False
+
+    def before_variable(
+        self, optimizer: Any, state: AppliedRateState, gradient: Any, variable: Any
+    ) -> Any:
+        """Called right before ``variable``'s weight decay and update step (traced).
+
+        Returns what :meth:`after_variable` gets back (a copy of the variable, say).
+        """
+        return None
+
+    def after_variable(
+        self,
+        optimizer: Any,
+        state: AppliedRateState,
+        gradient: Any,
+        variable: Any,
+        rate: Any,
+        before: Any,
+    ) -> Any:
+        """Called right after ``variable``'s update (traced); returns what it observed.
+
+        Return scalars: the optimizer keeps them (not ``before``) until
+        :meth:`after_update`, so that at most one variable's copy is alive.
+        """
+        return None
 
     def after_update(self, optimizer: Any, state: AppliedRateState, update: Update) -> None:
         """Called after every applied update (traced)."""
@@ -117,8 +153,20 @@ class Feature:
         For what must show before the build (the rate the next update uses).
         """
 
-    def assign(self, optimizer: Any, state: AppliedRateState, entries: Entries | None) -> None:
-        """Restores the feature's variables from a file's entries (None: none)."""
+    def assign(
+        self,
+        optimizer: Any,
+        state: AppliedRateState,
+        entries: Entries | None,
+        owners: dict[int, int] | None = None,
+    ) -> None:
+        """Restores the feature's variables from a file's entries (None: none).
+
+        ``owners``: which of the variables the optimizer was built for each
+        model variable the file's manifest records is (file index -> index
+        here), for entries kept per model variable; None when unknown (a file
+        without a manifest, or written before its optimizer was built).
+        """
         for key in self.keys:
             variable = getattr(state, key)
             if entries is not None:

@@ -17,6 +17,7 @@ Every Keras method it overrides is named in ``_keras3.compat``.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import keras
@@ -341,15 +342,16 @@ class IntrospectableOptimizer(_OptimizerBase):
             with keras.name_scope(self.name, caller=self):
                 self.build(trainable_variables)
             self.built = True
-        state = self.__dict__.get(STATE_ATTRIBUTE)
-        if state is not None and state.hooked():  # on or dormant (see _keras3.dormant)
-            variables = (
-                _keras_private.variables_built_for(self)
-                if trainable_variables is None
-                else trainable_variables
-            )
-            state.before_apply(self, list(grads), list(variables))
         return super().apply(grads, trainable_variables)
+
+    def _apply_weight_decay(self, variables: Any) -> None:
+        # Keras calls this right before _backend_update_step, with the same
+        # variables (_keras_private.WEIGHT_DECAY_HOOK). While a feature watches
+        # each variable's own update, the decay moves into that variable's turn.
+        state = self.__dict__.get(STATE_ATTRIBUTE)
+        if state is not None and state.watching(self):
+            return
+        super()._apply_weight_decay(variables)
 
     def _backend_update_step(
         self, grads: Any, trainable_variables: Any, learning_rate: Any
@@ -360,7 +362,18 @@ class IntrospectableOptimizer(_OptimizerBase):
         # variable in `optimizer.variables`, the cache included.)
         rate_dtype(self, learning_rate)  # a clear error before Keras's own
         state = self._ensure_introspection_state()
-        super()._backend_update_step(grads, trainable_variables, learning_rate)
+        grads, trainable_variables = list(grads), list(trainable_variables)
+        watching = state.watching(self)
+        observed: dict[str, list[Any]] = {}
+        if watching:
+            # Keras's own decay and update step, given one variable at a time.
+            decay = getattr(super(), _keras_private.WEIGHT_DECAY_HOOK)
+            update = super()._backend_update_step
+            observed = self._update_one_variable_at_a_time(
+                state, watching, grads, trainable_variables, learning_rate, decay, update
+            )
+        else:
+            super()._backend_update_step(grads, trainable_variables, learning_rate)
         core = state.core()
         if core is None:  # pragma: no cover - build() and introspect() create them
             raise RuntimeError(
@@ -370,7 +383,74 @@ class IntrospectableOptimizer(_OptimizerBase):
         rate_var, count_var = core
         count = ops.add(ops.cast(self.iterations, count_var.dtype), ops.cast(1, count_var.dtype))
         rate = ops.cast(learning_rate, rate_var.dtype)
-        state.record(self, Update(list(grads), list(trainable_variables), rate, count))
+        state.record(self, Update(grads, trainable_variables, rate, count, observed))
+
+    def _update_one_variable_at_a_time(
+        self,
+        state: AppliedRateState,
+        watching: list[Any],
+        grads: list[Any],
+        variables: list[Any],
+        learning_rate: Any,
+        decay: Callable[[list[Any]], None],
+        update: Callable[[list[Any], list[Any], Any], None],
+    ) -> dict[str, list[Any]]:
+        """The update, applied variable by variable for features that watch each one.
+
+        For each variable: the features look at it (``before_variable``), its
+        decoupled weight decay and its update step run (Keras's own methods,
+        given that one variable), and the features look again
+        (``after_variable``). Each variable's update depends on its own
+        gradient, value and slots only, so the result is bit-identical to the
+        whole update at once; an optimizer's own scalars that its update step
+        advances once per call (Nadam's ``u_product``) are put back before
+        every call after the first, so that each call sees, and the last one
+        leaves, what the single call would. Each variable's turn is ordered
+        after the previous one's observations (``_sequenced``): a feature's
+        copy of one variable is dropped before the next one is taken.
+        """
+        own = self._own_scalars_advanced_per_call()
+        own_before = [ops.copy(v.value) for v in own]
+        observed: dict[str, list[Any]] = {f.name: [] for f in watching}
+        previous: list[Any] = []
+        for index, (grad, variable) in enumerate(zip(grads, variables, strict=True)):
+            grad = _sequenced(previous, grad)
+            before = [f.before_variable(self, state, grad, variable) for f in watching]
+            decay([variable])
+            if index:
+                for scalar, value in zip(own, own_before, strict=True):
+                    scalar.assign(value)
+            update([grad], [variable], learning_rate)
+            previous = []
+            for feature, held in zip(watching, before, strict=True):
+                seen = feature.after_variable(self, state, grad, variable, learning_rate, held)
+                observed[feature.name].append(seen)
+                previous.append(seen)
+        return observed
+
+    def _own_scalars_advanced_per_call(self) -> list[Any]:
+        """The optimizer's own scalar variables that an update step may advance.
+
+        Everything but its step counter, its rate and the slots of model
+        variables (as the manifest attributes them): Nadam's ``u_product``,
+        for instance. Empty for most optimizers.
+        """
+        variables = self._plain_variables()
+        cached = self.__dict__.get("_introspect_own_scalars")
+        if cached is not None and cached[0] == len(variables):
+            return list(cached[1])
+        from introspect_opt._keras3.persistence import manifest as _manifest
+
+        built_for = _keras_private.variables_built_for(self)
+        skip = {id(_keras_private.raw_step_counter(self)), id(_keras_private.rate_variable(self))}
+        slots = _manifest.attribute(variables, built_for)
+        own = [
+            v
+            for v, slot in zip(variables, slots, strict=True)
+            if slot.owner is None and slot.shape == () and id(v) not in skip
+        ]
+        self.__dict__["_introspect_own_scalars"] = (len(variables), own)
+        return own
 
     def save_own_variables(self, store: WeightsStore) -> None:
         _persistence.save(self, self._ensure_introspection_state(), store)
@@ -395,6 +475,32 @@ class IntrospectableOptimizer(_OptimizerBase):
                 _queue.restore_started(state)
                 return children
             return _checkpoint.children_to_save(self, state, children)
+
+
+def _sequenced(previous: list[Any], value: Any) -> Any:
+    """``value``, made to wait for ``previous`` (traced TensorFlow and JAX; else as is).
+
+    So that one variable's turn in an update watched variable by variable
+    starts once the previous turn's observations exist, and the copies that
+    turn held are freed first.
+    """
+    if not previous or value is None:
+        return value
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if tf.executing_eagerly():
+            return value
+        with tf.control_dependencies([p for p in previous if p is not None]):
+            if isinstance(value, tf.IndexedSlices):
+                return tf.IndexedSlices(tf.identity(value.values), value.indices, value.dense_shape)
+            return tf.identity(value)
+    if backend == "jax" and _keras_private.is_traced(value):
+        import jax
+
+        return jax.lax.optimization_barrier((previous, value))[1]  # type: ignore[no-untyped-call]
+    return value
 
 
 def _unpickle(optimizer_class: type, *args: Any) -> Any:

@@ -273,9 +273,9 @@ class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
 
     # --- per update -----------------------------------------------------------
 
-    def before_apply(self, optimizer: Any, gradients: list[Any], variables: list[Any]) -> None:
-        for feature in self.hooked():
-            feature.before_apply(optimizer, self, gradients, variables)
+    def watching(self, optimizer: Any) -> list[Feature]:
+        """The features that watch each variable's own update (see ``Feature``)."""
+        return [f for f in self.hooked() if f.watches_variables(optimizer, self)]
 
     def record(self, optimizer: Any, update: Update) -> None:
         """Writes the rate an update applied, then lets the features see it."""
@@ -302,11 +302,14 @@ class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
             if entries and feature.keys[0] in entries:
                 feature.queued(optimizer, entries)
 
-    def assign_entries(self, optimizer: Any, entries: Entries | None) -> None:
+    def assign_entries(
+        self, optimizer: Any, entries: Entries | None, owners: dict[int, int] | None = None
+    ) -> None:
         """Restores this state from a file's validated entries (None: a plain file).
 
         Creates the features a file brings when they are training state
-        (``created_by_files``); the rest keep what they are.
+        (``created_by_files``); the rest keep what they are. ``owners``: see
+        :meth:`Feature.assign`.
         """
         entries = entries or {}
         for feature in features():
@@ -320,7 +323,7 @@ class AppliedRateState(_keras_private.KerasSaveable, _Trackable):
                 self.update_count.assign(NO_UPDATE)
             for feature in self.active():
                 own = entries if feature.keys[0] in entries else None
-                feature.assign(optimizer, self, own)
+                feature.assign(optimizer, self, own, owners)
 
     # Keras saving (.keras / .weights.h5): the optimizer reads this state's
     # group itself, together with its own, so that it can check everything

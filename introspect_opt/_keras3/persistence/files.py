@@ -32,7 +32,7 @@ from introspect_opt._common.manifest import Manifest, decode
 from introspect_opt._common.names import MANIFEST_KEY, STATE_ATTRIBUTE
 from introspect_opt._common.protocols import WeightsStore
 from introspect_opt._keras3 import compat as _keras_private
-from introspect_opt._keras3.features import Entries
+from introspect_opt._keras3.features import Entries, features
 from introspect_opt._keras3.host import host_array, is_number_array
 from introspect_opt._keras3.persistence import manifest as _manifest
 from introspect_opt._keras3.persistence.entries import check_entries
@@ -84,7 +84,35 @@ def read_file(optimizer: Any, store: WeightsStore) -> FileState:
         )
     if manifest is not None:
         _check_recorded(optimizer, manifest, values, source)
-    return FileState(source, values, check_entries(group, source), manifest)
+    entries = check_entries(group, source)
+    _check_rows(optimizer, manifest, entries, source)
+    return FileState(source, values, entries, manifest)
+
+
+def _check_rows(
+    optimizer: Any, manifest: Manifest | None, entries: Entries | None, source: str
+) -> None:
+    """Entries kept per model variable have one row per variable the manifest records."""
+    recorded = None if manifest is None or manifest.built_for is None else manifest.built_for
+    for feature in features():
+        for key in feature.rows_per_model_variable:
+            if entries is None or key not in entries:
+                continue
+            rows = entries[key].shape[0]
+            if recorded is None or rows != len(recorded):
+                what = (
+                    "no model variables (no manifest says whose they are)"
+                    if recorded is None
+                    else f"{len(recorded)} model variables"
+                )
+                raise refused_load(
+                    describe(optimizer),
+                    source,
+                    f"its entry {key!r} has {rows} rows, one per model variable, and the "
+                    f"file records {what}: the file is damaged. Nothing was loaded into "
+                    "the optimizer.",
+                    FIX,
+                )
 
 
 def _check_recorded(
@@ -181,7 +209,7 @@ def load(optimizer: Any, state: AppliedRateState, store: WeightsStore) -> None:
         raise RefusedLoad(f"{error}{_loss_scaling_hint(store)}") from None
     if plan is not None:
         apply(optimizer, plan, file.source)
-        state.assign_entries(optimizer, file.entries)
+        state.assign_entries(optimizer, file.entries, plan.owners)
         return
     # Not built: nothing says which variables it will train. Restore the step
     # counter (and rate) now; the slots wait for build(), which matches them.

@@ -41,6 +41,9 @@ class Plan:
     targets: list[Any]
     values: list[np.ndarray]
     fresh: list[str]  # model variables whose slots are not in the file
+    # The file's recorded model variables -> those the optimizer was built
+    # for (indices); None: the file records none (no manifest, or unbuilt).
+    owners: dict[int, int] | None = None
 
 
 def describe(optimizer: Any) -> str:
@@ -252,7 +255,7 @@ def make_plan(
         )
     left_owners = {own[i].owner for i in left} - {None}
     fresh = sorted(str(built_for[o].path) for o in left_owners if o is not None)
-    return Plan(targets, values, fresh)
+    return Plan(targets, values, fresh, owners)
 
 
 def apply(optimizer: Any, plan: Plan, source: str) -> None:

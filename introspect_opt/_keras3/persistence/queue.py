@@ -115,7 +115,7 @@ def apply_pending(optimizer: Any, state: AppliedRateState) -> tuple[Pending, Pla
             "state it had before that load.)"
         ) from None
     apply(optimizer, plan, pending.source)
-    state.assign_entries(optimizer, pending.entries)
+    state.assign_entries(optimizer, pending.entries, plan.owners)
     return pending, plan
 
 
