@@ -19,6 +19,14 @@ class RefusedLoad(ValueError, RuntimeError):
     """
 
 
+class KerasThreeOnly(AttributeError, NotImplementedError):
+    """A name of introspect_opt that the Keras 2 (tf_keras) world does not have.
+
+    An ``AttributeError`` (so ``hasattr`` and ``getattr(..., default)`` work)
+    and a ``NotImplementedError`` (what it means: not implemented for Keras 2).
+    """
+
+
 class RefusedWeights(RuntimeError):
     """Values that ``set_weights`` of a tf_keras optimizer refused: deliberately no ``ValueError``.
 

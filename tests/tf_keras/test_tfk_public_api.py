@@ -106,19 +106,25 @@ def _keras_3_only_names_in_the_docs() -> list[str]:
     page = (Path(__file__).resolve().parents[2] / "docs" / "keras2.md").read_text()
     paragraph = page.split("**Keras 3 only.**", 1)[1].split("tf_keras has no", 1)[0]
     names = re.findall(r"`([A-Za-z_]+)`", paragraph)
-    return [n for n in names if n not in ("introspect_opt", "AttributeError", "TypeError")]
+    prose = ("introspect_opt", "AttributeError", "NotImplementedError", "TypeError", "hasattr")
+    return [n for n in names if n not in prose]
 
 
 @pytest.mark.parametrize("name", _keras_3_only_names_in_the_docs())
 def test_keras_3_only_names_say_so_under_keras_2(name: str) -> None:
-    """docs/keras2.md, "Keras 3 only": each listed name raises a clear AttributeError."""
+    """docs/keras2.md, "Keras 3 only": each listed name raises a clear error.
+
+    Both an AttributeError (``hasattr`` is False) and a NotImplementedError.
+    """
     import os
 
     import introspect_opt
 
     assert os.environ.get("TF_USE_LEGACY_KERAS") == "1"
-    with pytest.raises(AttributeError, match=rf"introspect_opt\.{name} is Keras 3 only"):
+    with pytest.raises(AttributeError, match=rf"introspect_opt\.{name} is Keras 3 only") as caught:
         getattr(introspect_opt, name)
+    assert isinstance(caught.value, NotImplementedError)
+    assert not hasattr(introspect_opt, name)
 
 
 def test_the_keras_3_only_list_is_complete() -> None:
