@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 # The longest ``repr`` an error message shows of a value before shortening it.
@@ -19,14 +20,6 @@ class RefusedLoad(ValueError, RuntimeError):
     """
 
 
-class KerasThreeOnly(AttributeError, NotImplementedError):
-    """A name of introspect_opt that the Keras 2 (tf_keras) world does not have.
-
-    An ``AttributeError`` (so ``hasattr`` and ``getattr(..., default)`` work)
-    and a ``NotImplementedError`` (what it means: not implemented for Keras 2).
-    """
-
-
 class RefusedWeights(RuntimeError):
     """Values that ``set_weights`` of a tf_keras optimizer refused: deliberately no ``ValueError``.
 
@@ -36,26 +29,50 @@ class RefusedWeights(RuntimeError):
     """
 
 
-def refused_load(what: str, source: str, reason: str, fix: str = "") -> RefusedLoad:
-    """The error for a refused load: ``Cannot restore <what> from <source>: <reason> <fix>``.
+class KeepState(enum.Enum):
+    """How a refused load's message says to keep the optimizer's current state: one per world.
+
+    The member is the sentence for a file; a restore from a tf.train.Checkpoint
+    (``CHECKPOINT_SOURCE``) has no ``skip_mismatch`` and gets
+    ``CHECKPOINT_KEEP_STATE`` in either world.
+    """
+
+    KERAS3 = (
+        "To load the model weights and keep this optimizer's current state, use "
+        "`model.load_weights(path, skip_mismatch=True)`."
+    )
+    TF_KERAS = (
+        "To load the model weights and keep this optimizer's current state, use "
+        "`model.load_weights(path, skip_mismatch=True)` (or `load_model(path, compile=False)`)."
+    )
+
+
+CHECKPOINT_KEEP_STATE = (
+    "A tf.train.Checkpoint has no skip_mismatch: restore it into an optimizer like the "
+    "one that wrote it, or leave the optimizer out of the tf.train.Checkpoint you restore "
+    "into (that keeps its current state)."
+)
+
+
+def refused_load(
+    what: str, source: str, reason: str, fix: str = "", *, keep_state: KeepState | None
+) -> RefusedLoad:
+    """The error for a refused load: ``Cannot restore <what> from <source>: <reason> <fix> <keep>``.
 
     Args:
         what: What could not be restored (``"IntrospectableSGD 'sgd'"``,
             ``"the applied learning rate"``).
-        source: Where from (a file, ``"the tf.train.Checkpoint being restored"``).
+        source: Where from (a file, or ``CHECKPOINT_SOURCE``).
         reason: What was found, what that means, and that nothing was loaded.
-        fix: What to do instead.
+        fix: How to make the load fit (one or more sentences), if anything can.
+        keep_state: The caller's world, whose sentence on keeping the current
+            state ends the message (``CHECKPOINT_KEEP_STATE`` for a checkpoint);
+            None for a message that already says it (it quotes another refusal).
     """
-    text = f"Cannot restore {what} from {source}: {reason}"
-    if source == CHECKPOINT_SOURCE and "skip_mismatch" in fix:
-        # A checkpoint restore has no skip_mismatch to offer.
-        kept = fix.split("; or,", 1)[0] if "; or," in fix else ""
-        fix = (kept.rstrip(".") + ". " if kept else "") + (
-            "A tf.train.Checkpoint has no skip_mismatch: restore it into an optimizer "
-            "like the one that wrote it, or leave the optimizer out of the "
-            "tf.train.Checkpoint you restore into (that keeps its current state)."
-        )
-    return RefusedLoad(f"{text} {fix}" if fix else text)
+    parts = [f"Cannot restore {what} from {source}: {reason}", fix]
+    if keep_state is not None:
+        parts.append(CHECKPOINT_KEEP_STATE if source == CHECKPOINT_SOURCE else keep_state.value)
+    return RefusedLoad(" ".join(part for part in parts if part))
 
 
 def describe_value(value: Any) -> str:

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from introspect_opt._common.errors import RefusedLoad, refused_load
+from introspect_opt._common.errors import KeepState, RefusedLoad, refused_load
 
 FORMAT = "introspect_opt.manifest/1"
 
@@ -210,33 +210,33 @@ def cached_layout(
     return result
 
 
-def _problem(source: str, what: str) -> RefusedLoad:
+def _problem(source: str, what: str, keep_state: KeepState) -> RefusedLoad:
     return refused_load(
         "the optimizer state",
         source,
         f"its manifest cannot be read: {what}. The file is damaged or was not written "
         "by introspect_opt; nothing was loaded into the optimizer.",
-        "Load it with `skip_mismatch=True` to load the model weights and keep the "
-        "optimizer's current state.",
+        keep_state=keep_state,
     )
 
 
-def decode(value: Any, source: str, consistent: Any = None) -> Manifest:
+def decode(value: Any, source: str, consistent: Any = None, *, keep_state: KeepState) -> Manifest:
     """Parses and validates a stored manifest; raises ``RefusedLoad`` naming ``source``.
 
     ``consistent(slot, built_for)``: whether a slot's recorded owner and role
     are those its name says; Keras 3's naming (``_consistent``) by default
     (tf_keras names its slots otherwise, see ``_tf_keras.manifest``).
+    ``keep_state``: the caller's world, for a refusal's message.
     """
     array = np.asarray(value)
     try:
         raw = array.tobytes() if array.dtype == np.uint8 else bytes(array.item())
         data = json.loads(raw.decode("utf-8"))
     except (ValueError, TypeError, UnicodeDecodeError) as error:
-        raise _problem(source, f"it is not JSON ({error})") from None
+        raise _problem(source, f"it is not JSON ({error})", keep_state) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise _problem(source, f"its format is {found!r}, expected {FORMAT!r}")
+        raise _problem(source, f"its format is {found!r}, expected {FORMAT!r}", keep_state)
     try:
         built = data["built_for"]
         manifest = Manifest(
@@ -265,11 +265,15 @@ def decode(value: Any, source: str, consistent: Any = None) -> Manifest:
             ),
         )
     except (KeyError, TypeError, ValueError) as error:
-        raise _problem(source, f"an entry is missing or malformed ({error!r})") from None
+        raise _problem(
+            source, f"an entry is missing or malformed ({error!r})", keep_state
+        ) from None
     count = 0 if manifest.built_for is None else len(manifest.built_for)
     bad = [s.name for s in manifest.variables if s.owner is not None and not 0 <= s.owner < count]
     if bad:
-        raise _problem(source, f"variables {bad} belong to model variables it does not list")
+        raise _problem(
+            source, f"variables {bad} belong to model variables it does not list", keep_state
+        )
     built_for = manifest.built_for or ()
     check = _consistent if consistent is None else consistent
     contradicting = [s.name for s in manifest.variables if not check(s, built_for)]
@@ -278,6 +282,7 @@ def decode(value: Any, source: str, consistent: Any = None) -> Manifest:
             source,
             f"variables {contradicting[:4]} are recorded with an owner or role their "
             "names contradict",
+            keep_state,
         )
     return manifest
 
@@ -301,10 +306,13 @@ def check_identity(
     what: str,
     source: str,
     fix: str,
+    keep_state: KeepState,
 ) -> None:
     """Refuses state another optimizer class or slot layout wrote, built or not.
 
     ``own_layout()``: the target's layout (derived only once the class matches).
+    ``fix``: how to create an optimizer the state fits; ``keep_state``: the
+    caller's world (see ``refused_load``).
     """
     if manifest.optimizer_class != own_class:
         raise refused_load(
@@ -314,6 +322,7 @@ def check_identity(
             f"{_a(own_class)} (its slots would become this optimizer's slots). Nothing was "
             "loaded into the optimizer.",
             fix,
+            keep_state=keep_state,
         )
     layout = own_layout()
     if manifest.layout is not None and layout is not None and manifest.layout != layout:
@@ -324,6 +333,7 @@ def check_identity(
             f"layout (per variable it holds {_roles(manifest.layout)}, this optimizer "
             f"{_roles(layout)}). Nothing was loaded into the optimizer.",
             fix,
+            keep_state=keep_state,
         )
 
 

@@ -43,15 +43,19 @@ import numpy as np
 import tensorflow as tf
 
 from introspect_opt._common import manifest as _common
-from introspect_opt._common.errors import CHECKPOINT_SOURCE, RefusedLoad, refused_load
+from introspect_opt._common.errors import (
+    CHECKPOINT_SOURCE,
+    KeepState,
+    RefusedLoad,
+    refused_load,
+)
 from introspect_opt._common.manifest import Manifest, ModelVariable, Slot
 from introspect_opt._tf_keras import compat as private
 
-_KEEP_STATE = (
+# What makes a refused load fit (refused_load adds how to keep the current state).
+_SAME_OPTIMIZER = (
     "Create the optimizer with the same class and arguments as the one that wrote "
-    "it (for example the same `amsgrad`, `use_ema` or legacy `momentum`), or, to load "
-    "the model's weights and keep this optimizer's current state, use "
-    "`model.load_weights(path, skip_mismatch=True)` (or `load_model(path, compile=False)`)."
+    "it (for example the same `amsgrad`, `use_ema` or legacy `momentum`)."
 )
 _PROBE_NAME = "introspect_opt_layout_probe"
 _SCRATCH = (("matrix", (3, 4)), ("vector", (4,)))
@@ -213,7 +217,7 @@ def describe(optimizer: Any) -> Manifest:
 
 def decode(value: Any, source: str) -> Manifest:
     """A stored manifest, validated; a damaged one raises ``RefusedLoad`` naming ``source``."""
-    return _common.decode(value, source, _consistent)
+    return _common.decode(value, source, _consistent, keep_state=KeepState.TF_KERAS)
 
 
 def _consistent(slot: Slot, built_for: tuple[ModelVariable, ...]) -> bool:
@@ -240,7 +244,8 @@ def check_identity(optimizer: Any, manifest: Manifest, source: str) -> None:
         lambda: layout(optimizer),
         f"the state of {name(optimizer)}",
         source,
-        _KEEP_STATE,
+        _SAME_OPTIMIZER,
+        KeepState.TF_KERAS,
     )
 
 
@@ -257,7 +262,7 @@ def check_recorded(
             f"its manifest lists {len(recorded)} optimizer variables of shapes {recorded}, "
             f"the file holds {len(shapes)} of shapes {shapes}: the file is damaged. "
             "Nothing was loaded into the optimizer.",
-            _KEEP_STATE,
+            keep_state=KeepState.TF_KERAS,
         )
 
 

@@ -30,7 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from introspect_opt._common.errors import RefusedLoad, RefusedWeights, refused_load
+from introspect_opt._common.errors import (
+    KeepState,
+    RefusedLoad,
+    RefusedWeights,
+    refused_load,
+)
 from introspect_opt._common.manifest import Manifest
 from introspect_opt._common.names import (
     CORE_KEYS,
@@ -43,12 +48,6 @@ from introspect_opt._common.protocols import WeightsStore
 from introspect_opt._tf_keras import compat as private
 from introspect_opt._tf_keras import manifest as manifest
 from introspect_opt._tf_keras.state import AppliedRateState
-
-_KEEP_STATE = (
-    "To load the model's weights and keep this optimizer's current state, use "
-    "`model.load_weights(path, skip_mismatch=True)` (or `load_model(path, compile=False)`)."
-)
-
 
 describe = manifest.name
 
@@ -140,7 +139,7 @@ def _check_arrays(
             source,
             "; ".join(problems) + ". Nothing was loaded into the optimizer. The file was "
             "written by a different optimizer (class or arguments) or for a different model.",
-            _KEEP_STATE,
+            keep_state=KeepState.TF_KERAS,
         )
     dtypes = [np.dtype(v.dtype.as_numpy_dtype) for v in variables]
     return [array.astype(dtype) for array, dtype in zip(arrays, dtypes, strict=True)]
@@ -163,7 +162,9 @@ def _count_error(optimizer: Any, source: str, in_file: int, ours: int) -> Refuse
             "e.g. momentum) or for a different model: load it with the optimizer "
             "it was saved with."
         )
-    return refused_load(f"the state of {describe(optimizer)}", source, text, _KEEP_STATE)
+    return refused_load(
+        f"the state of {describe(optimizer)}", source, text, keep_state=KeepState.TF_KERAS
+    )
 
 
 def _assign_all(variables: Sequence[Any], arrays: Sequence[np.ndarray]) -> None:
@@ -258,7 +259,7 @@ def _state_entries(
             f"expected a float scalar '{RATE_KEY}' and an integer scalar '{COUNT_KEY}', "
             f"found {found}. Nothing was loaded into the optimizer. The file is damaged "
             "or was not written by introspect_opt.",
-            _KEEP_STATE,
+            keep_state=KeepState.TF_KERAS,
         )
     return entries, recorded
 
@@ -291,7 +292,7 @@ def load_keras_entries(optimizer: Any, store: WeightsStore) -> None:
                 source,
                 f"the file holds a cached rate ({STATE_ATTRIBUTE}) but no optimizer "
                 "variables. Nothing was loaded into the optimizer. The file is damaged.",
-                _KEEP_STATE,
+                keep_state=KeepState.TF_KERAS,
             )
         warnings.warn(
             f"{source} holds no optimizer state of {describe(optimizer)}'s own; it keeps "
@@ -311,7 +312,7 @@ def load_keras_entries(optimizer: Any, store: WeightsStore) -> None:
             source,
             f"expected entries '0' to '{len(keys) - 1}', found {sorted(keys)}. Nothing was "
             "loaded into the optimizer. The file is damaged or was not written by tf_keras.",
-            _KEEP_STATE,
+            keep_state=KeepState.TF_KERAS,
         )
     arrays = [_read(store[str(i)]) for i in range(len(keys))]
     if recorded is not None:
@@ -330,7 +331,7 @@ def load_keras_entries(optimizer: Any, store: WeightsStore) -> None:
                 "Nothing was loaded into the optimizer. Save the model again after its "
                 "optimizer is built (after one training step, or "
                 "`model.optimizer.build(model.trainable_variables)`).",
-                _KEEP_STATE,
+                keep_state=KeepState.TF_KERAS,
             )
         _assign_all(variables[:1], counter)
         state.assign_values(cached)

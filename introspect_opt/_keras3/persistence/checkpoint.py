@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from introspect_opt._common.errors import CHECKPOINT_SOURCE, RefusedLoad
+from introspect_opt._common.errors import CHECKPOINT_SOURCE, KeepState, RefusedLoad
 from introspect_opt._common.manifest import Manifest, decode
 from introspect_opt._common.names import STATE_ATTRIBUTE
 from introspect_opt._keras3 import compat as _keras_private
@@ -55,7 +55,9 @@ class ManifestRecord(_keras_private.Trackable):
         state = self._state()
         owner = None if state is None else state.owner()
         if text and owner is not None:
-            manifest = decode(np.frombuffer(text, np.uint8), CHECKPOINT_SOURCE)
+            manifest = decode(
+                np.frombuffer(text, np.uint8), CHECKPOINT_SOURCE, keep_state=KeepState.KERAS3
+            )
             restored(owner, state, manifest)
         return tf.no_op()
 
@@ -74,6 +76,14 @@ def restored(optimizer: Any, state: Any, manifest: Manifest) -> None:
     if not optimizer.built:
         # Queued after any earlier load, which applies if this one does not fit.
         adopt_waiting_slots(optimizer, state, manifest)
+    elif state.has_variables:
+        # As a file without a feature's entries resets it (``assign_entries``):
+        # values this checkpoint holds are restored over these right after
+        # (the manifest restores first), the others must not pass for values
+        # of the update the restored step counter names.
+        with _keras_private.eager_scope():
+            for feature in state.active():
+                feature.assign(optimizer, state, None)
 
 
 def _adopt_state_entries(state: Any) -> Any:

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from introspect_opt._common.errors import refused_load
+from introspect_opt._common.errors import KeepState, refused_load
 from introspect_opt._common.names import CORE_KEYS, COUNT_KEY
 from introspect_opt._common.protocols import WeightsStore
 from introspect_opt._keras3.features import Entries, features, known_keys
 from introspect_opt._keras3.host import is_number_array
 
 _WHAT = "the applied learning rate"
-_FIX = (
-    "Load it with `skip_mismatch=True` to load the model weights and keep the "
-    "optimizer's current state."
-)
 
 
 def check_entries(store: WeightsStore, source: str) -> Entries | None:
@@ -36,7 +32,7 @@ def check_entries(store: WeightsStore, source: str) -> Entries | None:
             f"expected the entries {sorted(CORE_KEYS)} (plus, optionally, the groups "
             f"{optional}), found {sorted(keys)}. The file was not written by this version "
             "of introspect_opt, or was changed since; nothing was loaded into the optimizer.",
-            _FIX,
+            keep_state=KeepState.KERAS3,
         )
     entries: Entries = {}
     for key in sorted(keys):
@@ -47,7 +43,7 @@ def check_entries(store: WeightsStore, source: str) -> Entries | None:
                 source,
                 f"entry {key!r} holds {value.dtype} data, not numbers. The file is "
                 "damaged; nothing was loaded into the optimizer.",
-                _FIX,
+                keep_state=KeepState.KERAS3,
             )
         entries[key] = value
     problems = [f"{k} has shape {entries[k].shape}" for k in CORE_KEYS if entries[k].shape != ()]
@@ -64,6 +60,6 @@ def check_entries(store: WeightsStore, source: str) -> Entries | None:
             source,
             f"{'; '.join(problems)}. The file is damaged or was not written by "
             "introspect_opt; nothing was loaded into the optimizer.",
-            _FIX,
+            keep_state=KeepState.KERAS3,
         )
     return entries

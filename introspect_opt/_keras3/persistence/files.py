@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from introspect_opt._common.errors import RefusedLoad, refused_load
+from introspect_opt._common.errors import KeepState, RefusedLoad, refused_load
 from introspect_opt._common.manifest import Manifest, decode
 from introspect_opt._common.names import MANIFEST_KEY, STATE_ATTRIBUTE
 from introspect_opt._common.protocols import WeightsStore
@@ -37,7 +37,6 @@ from introspect_opt._keras3.host import host_array, is_number_array
 from introspect_opt._keras3.persistence import manifest as _manifest
 from introspect_opt._keras3.persistence.entries import check_entries
 from introspect_opt._keras3.persistence.matching import (
-    FIX,
     Plan,
     apply,
     check_identity,
@@ -72,7 +71,7 @@ def read_file(optimizer: Any, store: WeightsStore) -> FileState:
         stored = None if stored is None else np.asarray(stored)
     except READ_ERRORS as error:
         raise unreadable(optimizer, source, error) from error
-    manifest = None if stored is None else decode(stored, source)
+    manifest = None if stored is None else decode(stored, source, keep_state=KeepState.KERAS3)
     if manifest is not None and len(manifest.variables) != len(values):
         raise refused_load(
             describe(optimizer),
@@ -80,7 +79,7 @@ def read_file(optimizer: Any, store: WeightsStore) -> FileState:
             f"its manifest lists {len(manifest.variables)} optimizer variables, the file "
             f"holds {len(values)}: an entry is missing or extra, so the file is damaged. "
             "Nothing was loaded into the optimizer.",
-            FIX,
+            keep_state=KeepState.KERAS3,
         )
     if manifest is not None:
         _check_recorded(optimizer, manifest, values, source)
@@ -111,7 +110,7 @@ def _check_rows(
                     f"its entry {key!r} has {rows} rows, one per model variable, and the "
                     f"file records {what}: the file is damaged. Nothing was loaded into "
                     "the optimizer.",
-                    FIX,
+                    keep_state=KeepState.KERAS3,
                 )
 
 
@@ -127,7 +126,7 @@ def _check_recorded(
                 f"optimizer entry {index} ('{slot.name}') holds shape {tuple(value.shape)}, "
                 f"its manifest records {slot.shape}: the file is damaged. Nothing was "
                 "loaded into the optimizer.",
-                FIX,
+                keep_state=KeepState.KERAS3,
             )
 
 
@@ -138,7 +137,7 @@ def unreadable(optimizer: Any, source: str, error: BaseException) -> RefusedLoad
         source,
         f"an entry could not be read ({type(error).__name__}: {error}). The file is "
         "damaged; nothing was loaded into the optimizer.",
-        FIX,
+        keep_state=KeepState.KERAS3,
     )
 
 
@@ -152,7 +151,7 @@ def read_numbered(optimizer: Any, store: WeightsStore, source: str) -> list[np.n
             f"its optimizer entries are {sorted(keys)}, not the numbered entries 0..N-1 "
             "Keras writes: an entry is missing or renamed, so the file is damaged (or not "
             "written by a Keras optimizer); nothing was loaded into the optimizer.",
-            FIX,
+            keep_state=KeepState.KERAS3,
         )
     try:
         values = [np.asarray(store[str(i)]) for i in range(len(keys))]
@@ -165,7 +164,7 @@ def read_numbered(optimizer: Any, store: WeightsStore, source: str) -> list[np.n
                 source,
                 f"optimizer entry {index} holds {value.dtype} data, not numbers. The file "
                 "is damaged; nothing was loaded into the optimizer.",
-                FIX,
+                keep_state=KeepState.KERAS3,
             )
     return values
 
@@ -193,6 +192,7 @@ def load(optimizer: Any, state: AppliedRateState, store: WeightsStore) -> None:
             _keras_private.describe_store(store),
             "the LossScaleOptimizer that wraps it refused the same file, so nothing was "
             f"loaded into the optimizer. Its reason: {refused[1]}",
+            keep_state=None,  # the reason quoted ends with it
         )
     file = read_file(optimizer, store)
     if not file.values:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from introspect_opt._common.errors import refused_load
+from introspect_opt._common.errors import KeepState, refused_load
 from introspect_opt._common.protocols import WeightsStore
 from introspect_opt._keras3 import compat as _keras_private
 from introspect_opt._keras3.compat import WRAPPER_VARIABLES_BEFORE_BUILD
@@ -24,7 +24,7 @@ from introspect_opt._keras3.persistence.files import (
     read_numbered,
     unreadable,
 )
-from introspect_opt._keras3.persistence.matching import FIX, assign, describe, mismatch
+from introspect_opt._keras3.persistence.matching import assign, describe, mismatch
 from introspect_opt._keras3.state import AppliedRateState
 
 
@@ -68,9 +68,8 @@ def check_wrapper_load(
                 f"(group '{child}'): it was written without loss scaling (under another "
                 "dtype policy than mixed_float16), or that group is missing. Nothing "
                 "was loaded into the optimizer.",
-                "Load it under the dtype policy that wrote it; or, with "
-                "`model.load_weights(path, skip_mismatch=True)`, load the model weights "
-                "and keep this optimizer's current state.",
+                "Load it under the dtype policy that wrote it.",
+                keep_state=KeepState.KERAS3,
             )
         if len(values) == len(variables):
             refusal = mismatch(wrapper, variables, values, source)
@@ -137,7 +136,7 @@ def _writer_own_count(
         f"copy of the {wrapped} entries of the optimizer it wraps (group "
         f"'{_keras_private.WRAPPED_CHILD}'): an entry is missing, extra, moved or "
         "changed, so the file is damaged. Nothing was loaded into the optimizer.",
-        FIX,
+        keep_state=KeepState.KERAS3,
     )
 
 
@@ -161,5 +160,5 @@ def _check_loss_scale(wrapper: Any, own: list[Any], values: list[np.ndarray], so
                 f"its loss scale ('{variable.path}') would be {value}; a loss scale is "
                 "finite and above 0, so the file is damaged. Nothing was loaded into the "
                 "optimizer.",
-                FIX,
+                keep_state=KeepState.KERAS3,
             )

@@ -19,18 +19,17 @@ import keras
 import numpy as np
 
 from introspect_opt._common import manifest as _common_manifest
-from introspect_opt._common.errors import RefusedLoad, refused_load
+from introspect_opt._common.errors import KeepState, RefusedLoad, refused_load
 from introspect_opt._common.manifest import Manifest, ModelVariable
 from introspect_opt._keras3 import compat as _keras_private
 from introspect_opt._keras3.host import host_array
 from introspect_opt._keras3.persistence import manifest as _manifest
 
-FIX = (
+# What makes a refused load fit (refused_load adds how to keep the current state).
+_SAME_OPTIMIZER = (
     "Create the optimizer with the same class and arguments as the one that "
     "wrote the file (for example the same `momentum`, `use_ema` and "
-    "`gradient_accumulation_steps`) for the same model; or, with "
-    "`model.load_weights(path, skip_mismatch=True)`, load the model weights and "
-    "keep this optimizer's current state."
+    "`gradient_accumulation_steps`) for the same model."
 )
 
 
@@ -94,7 +93,8 @@ def mismatch(
             f"the file holds {len(values)} optimizer variables, this optimizer has "
             f"{len(variables)}. Plain Keras would skip all optimizer state here "
             f"with only a warning; nothing was loaded into the optimizer.",
-            FIX,
+            _SAME_OPTIMIZER,
+            keep_state=KeepState.KERAS3,
         )
     for index, (variable, value) in enumerate(zip(variables, values, strict=True), first):
         if tuple(variable.shape) != tuple(value.shape):
@@ -104,7 +104,8 @@ def mismatch(
                 f"optimizer variable {index} ('{variable.path}') has shape "
                 f"{tuple(variable.shape)}, the file holds shape "
                 f"{tuple(value.shape)}. Nothing was loaded into the optimizer.",
-                FIX,
+                _SAME_OPTIMIZER,
+                keep_state=KeepState.KERAS3,
             )
         wants_int = keras.backend.standardize_dtype(variable.dtype).startswith(("int", "uint"))
         if wants_int != (value.dtype.kind in "iu"):
@@ -114,7 +115,8 @@ def mismatch(
                 f"optimizer variable {index} ('{variable.path}') holds "
                 f"{'integers' if wants_int else 'floats'}, the file holds "
                 f"{value.dtype}. Nothing was loaded into the optimizer.",
-                FIX,
+                _SAME_OPTIMIZER,
+                keep_state=KeepState.KERAS3,
             )
     return None
 
@@ -127,7 +129,8 @@ def check_identity(optimizer: Any, manifest: Manifest, source: str) -> None:
         lambda: _manifest.layout(optimizer),
         describe(optimizer),
         source,
-        FIX,
+        _SAME_OPTIMIZER,
+        KeepState.KERAS3,
     )
 
 
@@ -187,7 +190,8 @@ def _owner_map(
         f"{' (the rest match by path, so position cannot be trusted)' if by_path else ''}"
         ": their state would be lost (a layer frozen since the file was written, or "
         "another model). Nothing was loaded into the optimizer.",
-        FIX,
+        _SAME_OPTIMIZER,
+        keep_state=KeepState.KERAS3,
     )
 
 
@@ -236,7 +240,8 @@ def make_plan(
                 source,
                 f"this optimizer has no variable for entry {index} ('{slot.name}', role "
                 f"'{slot.role}'). Nothing was loaded into the optimizer.",
-                FIX,
+                _SAME_OPTIMIZER,
+                keep_state=KeepState.KERAS3,
             )
         refusal = mismatch(optimizer, [variables[target]], [value], source, index)
         if refusal is not None:
@@ -251,7 +256,8 @@ def make_plan(
             source,
             f"the file holds no value for its variables {unowned}. Nothing was loaded "
             "into the optimizer.",
-            FIX,
+            _SAME_OPTIMIZER,
+            keep_state=KeepState.KERAS3,
         )
     left_owners = {own[i].owner for i in left} - {None}
     fresh = sorted(str(built_for[o].path) for o in left_owners if o is not None)
