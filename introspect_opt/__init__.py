@@ -11,6 +11,7 @@ written for Keras 2 that wants checked types imports
 
 import typing as _typing
 
+from introspect_opt._env import KerasThreeOnly as _KerasThreeOnly
 from introspect_opt._env import uses_legacy_keras as _uses_legacy_keras
 from introspect_opt._version import __version__ as __version__
 
@@ -19,6 +20,7 @@ _KERAS_2 = _uses_legacy_keras()
 # The Keras 3 names besides the Introspectable<Name> classes of the table;
 # with TF_USE_LEGACY_KERAS set, asking for one says it is Keras 3 only.
 _KERAS_3_TOOLS = (
+    "DiagnosticsToTensorBoard",
     "IntrospectableOptimizer",
     "LearningRateLogger",
     "RateHistoryToTensorBoard",
@@ -37,6 +39,9 @@ _KERAS_3_TOOLS = (
 )
 
 if _typing.TYPE_CHECKING or not _KERAS_2:
+    from introspect_opt._callbacks.diagnostics_tensorboard import (
+        DiagnosticsToTensorBoard as DiagnosticsToTensorBoard,
+    )
     from introspect_opt._callbacks.logger import LearningRateLogger as LearningRateLogger
     from introspect_opt._callbacks.plateau import (
         ScaleLearningRateOnPlateau as ScaleLearningRateOnPlateau,
@@ -88,7 +93,7 @@ _DEPRECATED = {
 def __getattr__(name: str) -> _typing.Any:
     keras_3_only = name in _KERAS_3_TOOLS or name.startswith("Introspectable")
     if _KERAS_2 and (keras_3_only or name in _DEPRECATED):
-        raise AttributeError(
+        raise _KerasThreeOnly(
             f"introspect_opt.{name} is Keras 3 only: TF_USE_LEGACY_KERAS is set, so "
             "introspect_opt gives the tf_keras (Keras 2) classes of introspect_opt.tf_keras "
             "(see docs/keras2.md)."

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import keras
 
@@ -78,13 +78,24 @@ class Keras3:
         return int(host_float(_keras_private.raw_step_counter(optimizer)))
 
     @staticmethod
-    def enable_diagnostics(optimizer: Any) -> bool:
+    def enable_diagnostics(optimizer: Any, per_variable: bool = False) -> bool:
+        """What ``record_diagnostics(optimizer, per_variable)`` does; whether it created variables.
+
+        (The caller traces ``fit``'s train function again when it did.)
+        """
         state = optimizer._ensure_introspection_state()
-        return bool(state.enable(optimizer, _diagnostics.DIAGNOSTICS.name))
+        created = bool(state.enable(optimizer, _diagnostics.DIAGNOSTICS.name))
+        if per_variable:
+            created = bool(state.enable(optimizer, _diagnostics.PER_VARIABLE.name)) or created
+        return created
 
     @staticmethod
     def diagnostics(optimizer: Any) -> dict[str, float]:
         return _diagnostics.read(optimizer)
+
+    @staticmethod
+    def per_variable_diagnostics(optimizer: Any) -> dict[str, dict[str, float]]:
+        return _diagnostics.read_per_variable(optimizer)
 
 
 class LearningRateLogger(keras.callbacks.Callback):
@@ -103,7 +114,10 @@ class LearningRateLogger(keras.callbacks.Callback):
     keys of ``optimizers``; the quantities are
     ``learning_rate``, each name in ``hyperparameters``, and with
     ``diagnostics=True`` ``gradient_norm``, ``update_norm``,
-    ``update_to_weight_ratio`` and, under loss scaling, ``skipped_steps``.
+    ``update_to_weight_ratio`` and, under loss scaling, ``skipped_steps``;
+    with ``diagnostics="per_variable"`` also ``update_to_weight_ratio/min``,
+    ``/median`` and ``/max``, and the same three of
+    ``effective_learning_rate``, over the variables the last update changed.
     Put it before ``CSVLogger``, ``TensorBoard`` and other loggers in the
     callback list, so they see its keys. Keras's own ``learning_rate`` key
     (the next step's rate, written by ``LearningRateScheduler`` and
@@ -120,11 +134,18 @@ class LearningRateLogger(keras.callbacks.Callback):
             ``("momentum", "weight_decay")``: any numeric entry of the
             optimizer's ``get_config()``. An option that is off (``None``)
             logs as ``nan``, except ``weight_decay``, which logs ``0.0``.
-        diagnostics: Also record and log, per update, on the device: global
-            gradient norm, update norm, update-to-weight ratio; and the steps a
-            ``LossScaleOptimizer`` skipped since the previous read (epoch logs:
-            in the epoch). Costs a copy of the weights and a few reductions per
-            update.
+        diagnostics: ``True``: also record and log, per update, on the
+            device: global gradient norm, update norm, update-to-weight ratio;
+            and the steps a ``LossScaleOptimizer`` skipped since the previous
+            read (epoch logs: in the epoch). ``"per_variable"``: that, and
+            also record each variable's values (``record_diagnostics(optimizer,
+            per_variable=True)``) and log their minimum, median and maximum
+            over the variables, leaving out variables the last update did not
+            change (``nan`` when no variable has a value); each variable's
+            own values go to TensorBoard with ``DiagnosticsToTensorBoard``.
+            Either way the optimizer applies each update one variable at a
+            time, holding a copy of one variable (see ``record_diagnostics``
+            for the cost).
         optimizers: ``{label: optimizer}`` for models that train with several
             optimizers held outside ``model.optimizer`` (e.g. a GAN); by
             default ``model.optimizer``.
@@ -155,7 +176,7 @@ class LearningRateLogger(keras.callbacks.Callback):
         interval: str | int = "epoch",
         *,
         hyperparameters: Iterable[str] | None = (),
-        diagnostics: bool = False,
+        diagnostics: bool | Literal["per_variable"] = False,
         optimizers: Mapping[str, Any] | None = None,
         **removed: Any,
     ) -> None:

@@ -22,12 +22,12 @@ from introspect_opt._keras3 import compat as _keras_private
 from introspect_opt._keras3.host import host_array
 
 
-def _require_tensorboard() -> None:
+def _require_tensorboard(callback: str = "RateHistoryToTensorBoard") -> None:
     try:
         import tensorboard  # type: ignore[import-untyped]  # noqa: F401
     except ImportError:
         raise ImportError(
-            "RateHistoryToTensorBoard writes TensorBoard event files, which needs "
+            f"{callback} writes TensorBoard event files, which needs "
             "the tensorboard package: `pip install tensorboard` (or, from a "
             'checkout of introspect-opt, `pip install ".[tensorboard]"`).'
         ) from None

@@ -15,6 +15,10 @@ from typing import Any, Protocol
 import numpy as np
 
 INTERVALS = ('"epoch"', '"batch"', "a positive int N (every N steps)")
+PER_VARIABLE = "per_variable"
+# The per-variable quantities the logger summarizes over variables, and how.
+SUMMARIZED = ("update_to_weight_ratio", "effective_learning_rate")
+SUMMARIES = ("min", "median", "max")
 
 
 class World(Protocol):
@@ -23,8 +27,9 @@ class World(Protocol):
     def check_optimizers(self, optimizers: Any) -> dict[str, Any] | None: ...
     def track(self, callback: str, model: Any, given: dict[str, Any] | None) -> list[Any]: ...
     def raw_steps(self, optimizer: Any) -> int: ...
-    def enable_diagnostics(self, optimizer: Any) -> bool: ...
+    def enable_diagnostics(self, optimizer: Any, per_variable: bool = False) -> bool: ...
     def diagnostics(self, optimizer: Any) -> dict[str, float]: ...
+    def per_variable_diagnostics(self, optimizer: Any) -> dict[str, dict[str, float]]: ...
     def applied_rate(self, optimizer: Any) -> float: ...
     def host_float(self, value: Any) -> float: ...
     def describe(self, optimizer: Any) -> str: ...
@@ -205,9 +210,7 @@ class LoggerCore:
                 f"than learning_rate (always logged), e.g. ('momentum',); received "
                 f"{bad!r}."
             )
-        if not isinstance(diagnostics, bool):
-            raise ValueError(f"diagnostics must be True or False; received {diagnostics!r}.")
-        self.diagnostics = diagnostics
+        self.diagnostics, self.per_variable = check_diagnostics(diagnostics)
         self.given = world.check_optimizers(optimizers)
         self.tracked: list[tuple[str, Any, bool]] = []
         self.steps = StepCounter()
@@ -232,7 +235,7 @@ class LoggerCore:
                     f"no scalar hyperparameter {missing!r}; valid names are {valid}."
                 )
             if self.diagnostics:
-                created |= self.world.enable_diagnostics(optimizer)
+                created |= self.world.enable_diagnostics(optimizer, self.per_variable)
         if created:
             retrace(model)
         self.at_read = self._counters()
@@ -269,6 +272,10 @@ class LoggerCore:
             if self.diagnostics:
                 for key, value in self.world.diagnostics(optimizer).items():
                     logs[f"{name}/{key}"] = value
+                if self.per_variable:
+                    rows = self.world.per_variable_diagnostics(optimizer)
+                    for key, value in summarize(rows).items():
+                        logs[f"{name}/{key}"] = value
                 if wrapped:
                     logs[f"{name}/skipped_steps"] = float(self._skipped(name, optimizer, since))
         self.at_read = self._counters()
@@ -282,6 +289,36 @@ class LoggerCore:
         steps, counter = since.get(name, (self.steps.total, 0))
         now: int = self.world.raw_steps(optimizer)
         return max((self.steps.total - steps) - (now - counter), 0)
+
+
+def check_diagnostics(diagnostics: Any) -> tuple[bool, bool]:
+    """``LearningRateLogger(diagnostics=...)`` as (diagnostics on, per variable too)."""
+    if isinstance(diagnostics, (bool, np.bool_)):
+        return bool(diagnostics), False
+    if isinstance(diagnostics, str) and diagnostics == PER_VARIABLE:
+        return True, True
+    raise ValueError(
+        f"diagnostics must be True or False, or {PER_VARIABLE!r} for per-variable "
+        f"diagnostics too; received {diagnostics!r}."
+    )
+
+
+def summarize(rows: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """``{"<quantity>/<min|median|max>": float}`` over the variables of a per-variable read.
+
+    Variables without a value (``nan``: the last update did not touch them)
+    are left out; a quantity no variable has is ``nan``.
+    """
+    summary: dict[str, float] = {}
+    for quantity in SUMMARIZED:
+        values = np.array([row[quantity] for row in rows.values()], dtype=np.float64)
+        values = values[~np.isnan(values)]
+        spread = (
+            (np.min(values), np.median(values), np.max(values)) if values.size else (math.nan,) * 3
+        )
+        for name, value in zip(SUMMARIES, spread, strict=True):
+            summary[f"{quantity}/{name}"] = float(value)
+    return summary
 
 
 def hyperparameter_names(optimizer: Any) -> list[str]:

@@ -12,6 +12,19 @@ from introspect_opt._tf_keras import compat as private
 from introspect_opt._tf_keras.factory import resolve_optimizer
 from introspect_opt._tf_keras.mechanism import _IntrospectionMixin
 
+_PER_VARIABLE_ONLY_IN_KERAS_3 = (
+    "per-variable diagnostics (diagnostics='per_variable') are Keras 3 only (docs/keras2.md)"
+)
+
+
+class KerasThreeOnlyArgument(TypeError, NotImplementedError):
+    """An argument only the Keras 3 callback takes (``diagnostics``).
+
+    A ``TypeError``, as an unexpected keyword argument is, and what tf_keras's
+    ``LearningRateLogger(diagnostics=True)`` raised before 0.2; also a
+    ``NotImplementedError`` (what it means: not implemented for Keras 2).
+    """
+
 
 class _TfKeras:
     """How the logger finds and reads tf_keras optimizers (see ``_callbacks.logger.Keras3``)."""
@@ -42,12 +55,18 @@ class _TfKeras:
         return 0  # only used for diagnostics, which tf_keras optimizers do not record
 
     @staticmethod
-    def enable_diagnostics(optimizer: Any) -> bool:
+    def enable_diagnostics(optimizer: Any, per_variable: bool = False) -> bool:
+        if per_variable:
+            raise NotImplementedError(_PER_VARIABLE_ONLY_IN_KERAS_3)
         raise NotImplementedError("per-update diagnostics are Keras 3 only (docs/keras2.md)")
 
     @staticmethod
     def diagnostics(optimizer: Any) -> dict[str, float]:
         raise NotImplementedError("per-update diagnostics are Keras 3 only (docs/keras2.md)")
+
+    @staticmethod
+    def per_variable_diagnostics(optimizer: Any) -> dict[str, dict[str, float]]:
+        raise NotImplementedError(_PER_VARIABLE_ONLY_IN_KERAS_3)
 
     @staticmethod
     def applied_rate(optimizer: Any) -> float:
@@ -80,9 +99,11 @@ class LearningRateLogger(private.Callback):
     names optimizers after their class: ``"SGD"``, ``"Adam"``) or the keys of
     ``optimizers``. tf_keras's own callbacks log the *next* step's rate, as
     ``lr`` (``ReduceLROnPlateau``, ``LearningRateScheduler``) or
-    ``learning_rate`` (``TensorBoard``); see docs/keras2.md. Per-update
-    diagnostics are Keras 3 only. Put it before ``CSVLogger`` and
-    ``TensorBoard`` in the callback list.
+    ``learning_rate`` (``TensorBoard``); see docs/keras2.md. Per-update and
+    per-variable diagnostics are Keras 3 only: ``diagnostics=True`` or
+    ``"per_variable"`` raises an error that says so, both a ``TypeError``
+    and a ``NotImplementedError``. Put it before
+    ``CSVLogger`` and ``TensorBoard`` in the callback list.
 
     Args:
         interval: ``"epoch"``, ``"batch"`` (after every call of the train
@@ -120,8 +141,14 @@ class LearningRateLogger(private.Callback):
         **removed: Any,
     ) -> None:
         super().__init__()
+        if isinstance(removed.get("diagnostics"), str) and removed["diagnostics"] == "per_variable":
+            raise KerasThreeOnlyArgument(
+                "LearningRateLogger(diagnostics='per_variable') is Keras 3 only: per-variable "
+                "diagnostics need a Keras 3 optimizer; tf_keras optimizers record the applied "
+                "rate, not per-variable (or per-update) diagnostics."
+            )
         if "diagnostics" in removed:
-            raise TypeError(
+            raise KerasThreeOnlyArgument(
                 "LearningRateLogger(diagnostics=...) is Keras 3 only: tf_keras optimizers "
                 "record the applied rate, not per-update diagnostics."
             )
