@@ -382,6 +382,32 @@ def test_optimizer_built_outside_scope_is_refused_where_sgd_double_counts() -> N
     _assert_same_bits(weights_of(ours.model), weights)  # nothing was applied
 
 
+@tf_only
+def test_fit_of_a_model_built_in_the_scope_and_compiled_outside_is_refused_clearly() -> None:
+    """Model in strategy.scope(), optimizer and compile outside: Keras double-counts, ours says why.
+
+    ``fit`` builds the optimizer in the model's strategy scope: the refusal
+    comes at that build, before any variable is made (it was an obscure
+    "Must not nest tf.distribute.Strategy scopes" from creating the state).
+    """
+    x, y = np.ones((32, 6), "float32"), np.ones((32, 3), "float32")
+    counts = {}
+    for optimizer_class in (keras.optimizers.SGD, IntrospectableSGD):
+        strategy = mirrored_strategy(2)
+        with strategy.scope():
+            model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+        model.compile(optimizer_class(0.1), loss="mse")
+        if optimizer_class is IntrospectableSGD:
+            weights = weights_of(model)
+            with pytest.raises(RuntimeError, match=r"created outside the scope of the Mirrored"):
+                model.fit(x, y, batch_size=16, verbose=0)
+            _assert_same_bits(weights_of(model), weights)
+        else:
+            model.fit(x, y, batch_size=16, verbose=0)
+        counts[optimizer_class.__name__] = int(model.optimizer.iterations.numpy())
+    assert counts == {"SGD": 4, "IntrospectableSGD": 0}  # 2 steps, counted twice by Keras
+
+
 # --- Checkpoints across replica counts -----------------------------------
 
 

@@ -16,6 +16,7 @@ Every Keras method it overrides is named in ``_keras3.compat``.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -321,6 +322,9 @@ class IntrospectableOptimizer(_OptimizerBase):
     def build(self, variables: Any) -> None:
         if self.built:
             return
+        # Keras builds in the model's strategy scope (fit): refuse a foreign
+        # one here already, as apply() would, before any variable is made.
+        _refuse_foreign_strategy(self)
         self.__dict__["_introspect_building"] = True
         try:
             super().build(variables)
@@ -415,7 +419,8 @@ class IntrospectableOptimizer(_OptimizerBase):
         previous: list[Any] = []
         for index, (grad, variable) in enumerate(zip(grads, variables, strict=True)):
             grad = _sequenced(previous, grad)
-            before = [f.before_variable(self, state, grad, variable) for f in watching]
+            with _after(previous):  # the variable is read once the last turn's copies are gone
+                before = [f.before_variable(self, state, grad, variable) for f in watching]
             decay([variable])
             if index:
                 for scalar, value in zip(own, own_before, strict=True):
@@ -475,6 +480,22 @@ class IntrospectableOptimizer(_OptimizerBase):
                 _queue.restore_started(state)
                 return children
             return _checkpoint.children_to_save(self, state, children)
+
+
+def _after(previous: list[Any]) -> contextlib.AbstractContextManager[Any]:
+    """Ops made inside wait for ``previous`` (traced TensorFlow; else nothing).
+
+    A variable's write waits for its reads (TensorFlow orders ops on one
+    resource), so a variable read inside starts its whole turn after them.
+    """
+    if previous and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if not tf.executing_eagerly():
+            waits: contextlib.AbstractContextManager[Any]
+            waits = tf.control_dependencies([p for p in previous if p is not None])
+            return waits
+    return contextlib.nullcontext()
 
 
 def _sequenced(previous: list[Any], value: Any) -> Any:
