@@ -39,9 +39,10 @@ for script in sys.argv[1:]:
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """What each example printed, by file name; schedule_preview runs in a fresh folder."""
+    """What each example printed, by file name; the plotting ones write into a fresh folder."""
     cwd = tmp_path_factory.mktemp("examples")
-    paths = [str(ROOT / "examples" / name) for name in [*SCRIPTS, "schedule_preview.py"]]
+    scripts = [*SCRIPTS, "schedule_preview.py", "per_layer_diagnostics.py"]
+    paths = [str(ROOT / "examples" / name) for name in scripts]
     out = _run("-c", _RUNNER, *paths, cwd=cwd)
     sections = out.split("=== ")[1:]
     printed = {}
@@ -78,6 +79,26 @@ def test_schedule_preview_writes_the_plot_it_names(outputs: dict[str, str]) -> N
     assert (cwd / "schedule_preview.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
+def test_per_layer_diagnostics_writes_the_docs_picture(outputs: dict[str, str]) -> None:
+    """Without arguments it writes docs/img/per_layer_update_ratio.png under the current folder.
+
+    Run from the repository root, that is the picture of
+    docs/what-is-my-optimizer-doing.md; here it goes to a temporary folder.
+    """
+    out = outputs["per_layer_diagnostics.py"]
+    png = Path(outputs["cwd"]) / "docs" / "img" / "per_layer_update_ratio.png"
+    assert "64 updates on tensorflow" in out
+    assert "mnist_like/classifier/kernel" in out
+    assert "updates outside the band over the run, per variable:" in out
+    assert out.strip().splitlines()[-1] == f"plot written to {png.resolve()}"
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (825, 462)  # 7.5 x 4.2 inches at 110 dpi
+    assert 20_000 < len(data) < 500_000  # a drawn plot, not an empty canvas
+
+
 def test_examples_are_all_tested() -> None:
     """A new example without a test above fails here."""
     scripts = {p.name for p in (ROOT / "examples").glob("*.py")}
@@ -87,6 +108,7 @@ def test_examples_are_all_tested() -> None:
         "fit_callback.py",
         "custom_loop.py",
         "schedule_preview.py",
+        "per_layer_diagnostics.py",
     }
 
 

@@ -288,11 +288,14 @@ def record_diagnostics(optimizer: Any, per_variable: bool = False) -> Any:
 
     The optimizer then applies each update one variable at a time (decay,
     then update step, as Keras does), and holds a copy of one variable at a
-    time: the extra memory is the largest variable plus three scalars per
-    variable, never a copy of the model. Weight updates stay bit-identical.
+    time: by design the extra memory is the largest variable plus three
+    scalars per variable, not a copy of the model (a compiler may keep a few
+    copies alive at once; a custom JAX loop that jits ``stateless_apply``
+    with donated buffers keeps one model's worth, see docs/logging.md).
+    Weight updates stay bit-identical.
     Under a multi-replica ``tf.distribute`` strategy it costs one more
     all-reduce of each gradient. ``LearningRateLogger(diagnostics=True)``
-    calls this for you.
+    (or ``diagnostics="per_variable"``) calls this for you.
 
     On TensorFlow, a function that traced the update step before (``fit``'s
     train function, say) does not record them until it is traced again: pass
