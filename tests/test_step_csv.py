@@ -135,6 +135,38 @@ def test_diagnostics_fill_the_last_row_of_each_read(tmp_path: Path) -> None:
             assert [row[k] for k in DIAGNOSTICS] == ["", "", ""]
 
 
+def test_per_variable_summary_columns_follow_the_global_ones(tmp_path: Path) -> None:
+    """``diagnostics="per_variable"``: min/median/max columns, as LearningRateLogger names them.
+
+    Plain SGD without momentum: every variable's effective rate is the rate
+    the update applied (to float32 rounding of the weights), so min, median
+    and max are that rate.
+    """
+    path = tmp_path / "updates.csv"
+    model = compiled(1)
+    fit(model, [UpdateCSVLogger(path, interval="batch", diagnostics="per_variable")])
+    rows = rows_of(path)
+    summaries = [
+        f"{q}/{s}"
+        for q in ("update_to_weight_ratio", "effective_learning_rate")
+        for s in ("min", "median", "max")
+    ]
+    assert list(rows[0]) == ["update", "learning_rate", *DIAGNOSTICS, *summaries]
+    assert [int(r["update"]) for r in rows] == list(range(1, 11))
+    for row in rows:
+        applied = float(row["learning_rate"])
+        lowest, middle, highest = (
+            float(row[f"effective_learning_rate/{s}"]) for s in ("min", "median", "max")
+        )
+        assert lowest <= middle <= highest
+        np.testing.assert_allclose([lowest, highest], applied, rtol=1e-3)
+        ratios = [float(row[f"update_to_weight_ratio/{s}"]) for s in ("min", "median", "max")]
+        assert ratios == sorted(ratios) and ratios[0] > 0
+    final = introspect_opt.last_update_diagnostics(model, per_variable=True)
+    expected = min(v["update_to_weight_ratio"] for v in final.values())
+    assert rows[-1]["update_to_weight_ratio/min"] == repr(expected)
+
+
 def test_gradient_accumulation_writes_applied_updates_only(tmp_path: Path) -> None:
     """With accumulation over 2 steps, 12 steps are 6 updates, each applying s(2n - 1)."""
     path = tmp_path / "updates.csv"

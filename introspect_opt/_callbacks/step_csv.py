@@ -7,16 +7,20 @@ import os
 import shutil
 import tempfile
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import keras
 
 from introspect_opt._callbacks.logger import Keras3
 from introspect_opt._common.logger import (
+    SUMMARIES,
+    SUMMARIZED,
     StepCounter,
+    check_diagnostics,
     check_interval,
     retrace,
     steps_between_reads,
+    summarize,
 )
 from introspect_opt._features import diagnostics as _diagnostics
 from introspect_opt._features import history as _history
@@ -37,7 +41,11 @@ class UpdateCSVLogger(keras.callbacks.Callback):
     that update applied, written with ``repr(float(...))``: reading it back
     with ``float`` gives the exact float32 value, bit for bit). With
     ``diagnostics=True`` it adds ``gradient_norm``, ``update_norm`` and
-    ``update_to_weight_ratio`` (see ``record_diagnostics``): the device holds
+    ``update_to_weight_ratio`` (see ``record_diagnostics``); with
+    ``diagnostics="per_variable"`` also the min, median and max over variables
+    of the per-variable ``update_to_weight_ratio`` and
+    ``effective_learning_rate`` (``update_to_weight_ratio/min`` ..., as
+    ``LearningRateLogger`` names them). The device holds
     only the last update's, so they fill the row of the last update before
     each read (every row with ``interval="batch"`` and
     ``steps_per_execution=1``; the last row of each block of
@@ -64,7 +72,8 @@ class UpdateCSVLogger(keras.callbacks.Callback):
         interval: When to read: ``"epoch"``, ``"batch"`` (after every call of
             the train function) or a positive int ``N`` (every ``N`` steps).
         diagnostics: Also record (on the device, see ``record_diagnostics``)
-            and write the last update's diagnostics at each read.
+            and write the last update's diagnostics at each read: ``True``,
+            or ``"per_variable"`` for the per-variable summary columns too.
         append: Continue the file (the default; see above) or start it
             afresh at each ``fit`` with ``False``.
         history_size: How many updates the on-device history keeps; by
@@ -99,7 +108,7 @@ class UpdateCSVLogger(keras.callbacks.Callback):
         filename: str | os.PathLike[str],
         *,
         interval: str | int = "epoch",
-        diagnostics: bool = False,
+        diagnostics: bool | Literal["per_variable"] = False,
         append: bool = True,
         history_size: int | None = None,
     ) -> None:
@@ -108,19 +117,20 @@ class UpdateCSVLogger(keras.callbacks.Callback):
             raise ValueError(
                 f"filename must be a file path (str or os.PathLike); received {filename!r}."
             )
-        for argument, value in (("diagnostics", diagnostics), ("append", append)):
-            if not isinstance(value, bool):
-                raise ValueError(f"{argument} must be True or False; received {value!r}.")
+        if not isinstance(append, bool):
+            raise ValueError(f"append must be True or False; received {append!r}.")
+        on, self._per_variable = check_diagnostics(diagnostics)
         self.filename = os.fspath(filename)
         self.interval = check_interval(interval)
         self.diagnostics = diagnostics
+        self._diagnostic_keys = list(_diagnostics.KEYS) if on else []
+        if self._per_variable:
+            self._diagnostic_keys += [f"{q}/{s}" for q in SUMMARIZED for s in SUMMARIES]
         self.append = append
         self.history_size = (
             None if history_size is None else _history.check_size(history_size, "history_size")
         )
-        self.columns = ["update", "learning_rate"] + (
-            list(_diagnostics.KEYS) if diagnostics else []
-        )
+        self.columns = ["update", "learning_rate", *self._diagnostic_keys]
         self._optimizer: Any = None
         self._new_file = False
         self._logged = 0  # the last update in the file
@@ -158,8 +168,8 @@ class UpdateCSVLogger(keras.callbacks.Callback):
             _write_new(self.filename, self.columns)
         self._optimizer = optimizer
         created = False
-        if self.diagnostics:
-            created |= Keras3.enable_diagnostics(optimizer)
+        if self._diagnostic_keys:
+            created |= Keras3.enable_diagnostics(optimizer, self._per_variable)
         state = optimizer._ensure_introspection_state()
         kept = _history.history_size(state)
         size = kept if kept >= wanted and self.history_size is None else wanted
@@ -231,9 +241,13 @@ class UpdateCSVLogger(keras.callbacks.Callback):
         if not updates.size:
             return
         extra: list[str] = []
-        if self.diagnostics:
-            values = _diagnostics.read(optimizer) if int(updates[-1]) == done else {}
-            extra = [repr(values[key]) if key in values else "" for key in _diagnostics.KEYS]
+        if self._diagnostic_keys:
+            values: dict[str, float] = {}
+            if int(updates[-1]) == done:
+                values = _diagnostics.read(optimizer)
+                if self._per_variable:
+                    values.update(summarize(_diagnostics.read_per_variable(optimizer)))
+            extra = [repr(values[key]) if key in values else "" for key in self._diagnostic_keys]
         blank = [""] * len(extra)
         rows = [[str(int(u)), repr(float(r)), *blank] for u, r in zip(updates, rates, strict=True)]
         rows[-1][2:] = extra
