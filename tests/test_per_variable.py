@@ -713,3 +713,29 @@ def test_gradient_norms_are_those_of_the_clipped_gradients(
         np.testing.assert_allclose(last_update_diagnostics(model)["gradient_norm"], 0.05, rtol=1e-5)
     for path, row in values.items():
         np.testing.assert_allclose(row["effective_learning_rate"], 0.1, rtol=1e-4, err_msg=path)
+
+
+def test_a_subclass_that_replaces_the_decay_keeps_it_applied_once() -> None:
+    """A user subclass overriding ``_apply_weight_decay``: its decay runs where Keras calls it, once.
+
+    Per-variable diagnostics move Keras's own decay into each variable's turn;
+    a replaced decay is left where Keras calls it (the update norm then
+    starts after it), never applied twice.
+    """
+
+    class HalvingDecay(introspect_opt.IntrospectableAdamW):
+        def _apply_weight_decay(self, variables: Any) -> None:
+            for variable in variables:
+                variable.assign(variable * 0.5)
+
+    results = []
+    for per_variable in (None, True):
+        optimizer = HalvingDecay(learning_rate=1.0, weight_decay=0.1)
+        weight = keras.Variable([2.0, 2.0], name="w")
+        if per_variable:
+            introspect_opt.record_diagnostics(optimizer, per_variable=True)
+        optimizer.apply_gradients([(keras.ops.zeros((2,)), weight)])
+        results.append(keras.ops.convert_to_numpy(weight).tolist())
+    assert results == [[1.0, 1.0], [1.0, 1.0]]
+    rows = introspect_opt.last_update_diagnostics(optimizer, per_variable=True)
+    assert rows["w"]["update_norm"] == 0.0  # the zero gradient moved nothing after the decay

@@ -353,9 +353,19 @@ class IntrospectableOptimizer(_OptimizerBase):
         # variables (_keras_private.WEIGHT_DECAY_HOOK). While a feature watches
         # each variable's own update, the decay moves into that variable's turn.
         state = self.__dict__.get(STATE_ATTRIBUTE)
-        if state is not None and state.watching(self):
+        if state is not None and self._defers_decay() and state.watching(self):
             return
         super()._apply_weight_decay(variables)
+
+    def _defers_decay(self) -> bool:
+        """Whether watched updates move the decay into each variable's turn.
+
+        Not when a subclass of the user's replaces the decay (overrides
+        ``_apply_weight_decay`` below this class): Keras calls theirs, and it
+        runs where Keras calls it, once (the update norm then starts after it).
+        """
+        hook = _keras_private.WEIGHT_DECAY_HOOK
+        return getattr(type(self), hook) is getattr(IntrospectableOptimizer, hook)
 
     def _backend_update_step(
         self, grads: Any, trainable_variables: Any, learning_rate: Any
@@ -372,6 +382,8 @@ class IntrospectableOptimizer(_OptimizerBase):
         if watching:
             # Keras's own decay and update step, given one variable at a time.
             decay = getattr(super(), _keras_private.WEIGHT_DECAY_HOOK)
+            if not self._defers_decay():
+                decay = _no_decay  # applied where Keras calls it
             update = super()._backend_update_step
             observed = self._update_one_variable_at_a_time(
                 state, watching, grads, trainable_variables, learning_rate, decay, update
@@ -480,6 +492,10 @@ class IntrospectableOptimizer(_OptimizerBase):
                 _queue.restore_started(state)
                 return children
             return _checkpoint.children_to_save(self, state, children)
+
+
+def _no_decay(variables: list[Any]) -> None:
+    """The decay of a variable's turn when it ran before, where Keras calls it."""
 
 
 def _after(previous: list[Any]) -> contextlib.AbstractContextManager[Any]:
