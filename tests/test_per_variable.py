@@ -716,7 +716,7 @@ def test_gradient_norms_are_those_of_the_clipped_gradients(
 
 
 def test_a_subclass_that_replaces_the_decay_keeps_it_applied_once() -> None:
-    """A user subclass overriding ``_apply_weight_decay``: its decay runs where Keras calls it, once.
+    """A subclass overriding ``_apply_weight_decay``: its decay runs once, where Keras calls it.
 
     Per-variable diagnostics move Keras's own decay into each variable's turn;
     a replaced decay is left where Keras calls it (the update norm then
