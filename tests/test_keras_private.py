@@ -180,6 +180,16 @@ def test_weight_decay_runs_right_before_the_update_step_with_the_same_variables(
     assert events == [("decay", [id(w), id(b)]), ("update", [id(w), id(b)])], events
 
 
+@canary(decays="BaseOptimizer._use_weight_decay(variable) (exclude_from_weight_decay)")
+def test_decays_follows_exclude_from_weight_decay() -> None:
+    """Keras's per-variable test of whether decoupled weight decay applies."""
+    optimizer = keras.optimizers.AdamW(0.1, weight_decay=0.5)
+    kernel, bias = keras.Variable([1.0], name="kernel"), keras.Variable([1.0], name="bias")
+    optimizer.exclude_from_weight_decay(var_names=["bias"])
+    optimizer.build([kernel, bias])
+    assert compat.decays(optimizer, kernel) and not compat.decays(optimizer, bias)
+
+
 @canary(
     variable_index="BaseOptimizer._get_variable_index(variable)",
     rate_variable="BaseOptimizer._learning_rate (a keras.Variable for a float rate)",

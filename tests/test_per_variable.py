@@ -739,3 +739,45 @@ def test_a_subclass_that_replaces_the_decay_keeps_it_applied_once() -> None:
     assert results == [[1.0, 1.0], [1.0, 1.0]]
     rows = introspect_opt.last_update_diagnostics(optimizer, per_variable=True)
     assert rows["w"]["update_norm"] == 0.0  # the zero gradient moved nothing after the decay
+
+
+def test_excluded_from_weight_decay_bit_identical_with_diagnostics() -> None:
+    """``exclude_from_weight_decay``: watched updates match plain AdamW bit for bit.
+
+    (torch's decay refused the empty list a lone excluded variable gives it.)
+    """
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    y = x[:, :2]
+    results = []
+    for optimizer_class in (keras.optimizers.AdamW, introspect_opt.IntrospectableAdamW):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="d")])
+        optimizer = optimizer_class(0.1, weight_decay=0.5)
+        optimizer.exclude_from_weight_decay(var_names=["bias"])
+        model.compile(optimizer, loss="mse")
+        if optimizer_class is introspect_opt.IntrospectableAdamW:
+            introspect_opt.record_diagnostics(model, per_variable=True)
+        model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+        results.append([keras.ops.convert_to_numpy(v) for v in model.weights])
+    for plain, ours in zip(*results, strict=True):
+        assert plain.tobytes() == ours.tobytes()
+
+
+def test_introspect_after_fit_then_record_diagnostics_of_the_model_records() -> None:
+    """``introspect(opt)`` after a fit, then ``record_diagnostics(model)``: the next fit records.
+
+    The train function was traced before the optimizer was introspectable:
+    given the model, record_diagnostics traces it again.
+    """
+    x, y = np.ones((16, 4), "float32"), np.ones((16, 2), "float32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="d")])
+    optimizer = keras.optimizers.SGD(0.1)
+    model.compile(optimizer, loss="mse")
+    model.fit(x, y, batch_size=8, verbose=0)
+    introspect_opt.introspect(optimizer)
+    introspect_opt.record_diagnostics(model, per_variable=True)
+    model.fit(x, y, batch_size=8, verbose=0)
+    rows = introspect_opt.last_update_diagnostics(model, per_variable=True)
+    assert rows and all(np.isfinite(r["gradient_norm"]) for r in rows.values())
+    for row in rows.values():
+        np.testing.assert_allclose(row["effective_learning_rate"], 0.1, rtol=1e-4)

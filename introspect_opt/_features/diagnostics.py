@@ -330,10 +330,12 @@ def record_diagnostics(optimizer: Any, per_variable: bool = False) -> Any:
     created = state.enable(target, DIAGNOSTICS.name)
     if per_variable:
         created = state.enable(target, PER_VARIABLE.name) or created
-    if created and state.traced:
+    if created:
         if getattr(optimizer, "train_function", None) is not None:  # a compiled model
+            # Traced before, maybe before this optimizer was introspectable
+            # (`introspect(opt)` after a fit): its state did not see that trace.
             optimizer.make_train_function(force=True)
-        else:
+        elif state.traced:
             warnings.warn(
                 f"record_diagnostics(): the update step of '{target.name}' was traced "
                 "into a tf.function before (e.g. by fit), which will not record "

@@ -58,6 +58,7 @@ __all__ = [
     "Trackable",
     "backend_class",
     "checkpoint_waits_for",
+    "decays",
     "default_name",
     "describe_store",
     "drop_waiting_checkpoint_slots",
@@ -190,6 +191,15 @@ def variables_built_for(optimizer: Any) -> list[Any]:
     by position.
     """
     return list(optimizer._trainable_variables)
+
+
+def decays(optimizer: Any, variable: Any) -> bool:
+    """Whether the optimizer's decoupled weight decay applies to ``variable``.
+
+    Keras's own test (``_use_weight_decay``: ``exclude_from_weight_decay``),
+    which every backend's and Muon's ``_apply_weight_decay`` make per variable.
+    """
+    return bool(optimizer._use_weight_decay(variable))
 
 
 def variable_index(optimizer: Any, variable: Any) -> int:

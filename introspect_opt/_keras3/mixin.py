@@ -433,7 +433,8 @@ class IntrospectableOptimizer(_OptimizerBase):
             grad = _sequenced(previous, grad)
             with _after(previous):  # the variable is read once the last turn's copies are gone
                 before = [f.before_variable(self, state, grad, variable) for f in watching]
-            decay([variable])
+            if _keras_private.decays(self, variable):  # torch refuses an empty list
+                decay([variable])
             if index:
                 for scalar, value in zip(own, own_before, strict=True):
                     scalar.assign(value)
