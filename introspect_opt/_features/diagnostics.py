@@ -288,10 +288,12 @@ def record_diagnostics(optimizer: Any, per_variable: bool = False) -> Any:
 
     The optimizer then applies each update one variable at a time (decay,
     then update step, as Keras does), and holds a copy of one variable at a
-    time: by design the extra memory is the largest variable plus three
-    scalars per variable, not a copy of the model (a compiler may keep a few
-    copies alive at once; a custom JAX loop that jits ``stateless_apply``
-    with donated buffers keeps one model's worth, see docs/logging.md).
+    time: by design the extra memory is a few times the largest variable
+    plus three scalars per variable, not a copy of the model. Two known
+    exceptions keep a new buffer for every variable (XLA cannot update in
+    place while the old value is needed): TensorFlow with
+    ``jit_compile=True``, and a custom JAX loop that jits ``stateless_apply``
+    with donated buffers (see docs/logging.md, "The cost").
     Weight updates stay bit-identical.
     Under a multi-replica ``tf.distribute`` strategy it costs one more
     all-reduce of each gradient. ``LearningRateLogger(diagnostics=True)``
