@@ -561,7 +561,12 @@ def test_keras_2_says_per_variable_diagnostics_are_keras_3_only() -> None:
     A TypeError (as diagnostics=True is), also a NotImplementedError, naming
     per-variable diagnostics; the Keras 2 world's reader says so too.
     """
-    pytest.importorskip("tf_keras")
+    import importlib.metadata
+
+    try:  # the distribution, not the module: tests/tf_keras is a namespace package
+        importlib.metadata.distribution("tf-keras")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("needs tf-keras")
     code = """
 import os
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
