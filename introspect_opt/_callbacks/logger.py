@@ -83,11 +83,7 @@ class Keras3:
 
         (The caller traces ``fit``'s train function again when it did.)
         """
-        state = optimizer._ensure_introspection_state()
-        created = bool(state.enable(optimizer, _diagnostics.DIAGNOSTICS.name))
-        if per_variable:
-            created = bool(state.enable(optimizer, _diagnostics.PER_VARIABLE.name)) or created
-        return created
+        return _diagnostics.enable(optimizer, per_variable)
 
     @staticmethod
     def diagnostics(optimizer: Any) -> dict[str, float]:

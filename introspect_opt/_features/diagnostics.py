@@ -143,7 +143,7 @@ class _Diagnostics(Feature):
         state.update_norm.assign(change)
         state.update_to_weight_ratio.assign(ops.divide(change, weights))
         if state.has(PER_VARIABLE.name):
-            _PER_VARIABLE.write(optimizer, state, update.variables, seen)
+            PER_VARIABLE.write(optimizer, state, update.variables, seen)
 
     def assign(
         self,
@@ -209,8 +209,21 @@ class _PerVariable(Feature):
 
 
 DIAGNOSTICS = register_feature(_Diagnostics())
-_PER_VARIABLE = _PerVariable()
-PER_VARIABLE = register_feature(_PER_VARIABLE)
+PER_VARIABLE = _PerVariable()
+register_feature(PER_VARIABLE)
+
+
+def enable(optimizer: Any, per_variable: bool = False) -> bool:
+    """Switches diagnostics on (and per-variable ones too); whether that created variables.
+
+    A function traced before does not update variables created now: the
+    caller has it traced again (see ``record_diagnostics``).
+    """
+    state = optimizer._ensure_introspection_state()
+    created = bool(state.enable(optimizer, DIAGNOSTICS.name))
+    if per_variable:
+        created = bool(state.enable(optimizer, PER_VARIABLE.name)) or created
+    return created
 
 
 def read(optimizer: Any) -> dict[str, float]:
@@ -328,16 +341,12 @@ def record_diagnostics(optimizer: Any, per_variable: bool = False) -> Any:
     """
     per_variable = _check_switch(per_variable, "record_diagnostics()")
     target = resolve_optimizer(optimizer, "record_diagnostics()")
-    state = target._ensure_introspection_state()
-    created = state.enable(target, DIAGNOSTICS.name)
-    if per_variable:
-        created = state.enable(target, PER_VARIABLE.name) or created
-    if created:
+    if enable(target, per_variable):
         if getattr(optimizer, "train_function", None) is not None:  # a compiled model
             # Traced before, maybe before this optimizer was introspectable
             # (`introspect(opt)` after a fit): its state did not see that trace.
             optimizer.make_train_function(force=True)
-        elif state.traced:
+        elif target._ensure_introspection_state().traced:
             warnings.warn(
                 f"record_diagnostics(): the update step of '{target.name}' was traced "
                 "into a tf.function before (e.g. by fit), which will not record "
