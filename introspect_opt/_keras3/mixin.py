@@ -16,7 +16,6 @@ Every Keras method it overrides is named in ``_keras3.compat``.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -431,8 +430,7 @@ class IntrospectableOptimizer(_OptimizerBase):
         previous: list[Any] = []
         for index, (grad, variable) in enumerate(zip(grads, variables, strict=True)):
             grad = _sequenced(previous, grad)
-            with _after(previous):  # the variable is read once the last turn's copies are gone
-                before = [f.before_variable(self, state, grad, variable) for f in watching]
+            before = [f.before_variable(self, state, grad, variable) for f in watching]
             if _keras_private.decays(self, variable):  # torch refuses an empty list
                 decay([variable])
             if index:
@@ -497,22 +495,6 @@ class IntrospectableOptimizer(_OptimizerBase):
 
 def _no_decay(variables: list[Any]) -> None:
     """The decay of a variable's turn when it ran before, where Keras calls it."""
-
-
-def _after(previous: list[Any]) -> contextlib.AbstractContextManager[Any]:
-    """Ops made inside wait for ``previous`` (traced TensorFlow; else nothing).
-
-    A variable's write waits for its reads (TensorFlow orders ops on one
-    resource), so a variable read inside starts its whole turn after them.
-    """
-    if previous and keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        if not tf.executing_eagerly():
-            waits: contextlib.AbstractContextManager[Any]
-            waits = tf.control_dependencies([p for p in previous if p is not None])
-            return waits
-    return contextlib.nullcontext()
 
 
 def _sequenced(previous: list[Any], value: Any) -> Any:
