@@ -32,7 +32,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from helpers import SCHEDULE, make_model
+from helpers import KERAS_OPTIMIZERS, SCHEDULE, make_model
 
 import introspect_opt
 from introspect_opt import IntrospectableSGD, introspect
@@ -180,14 +180,124 @@ def test_weight_decay_runs_right_before_the_update_step_with_the_same_variables(
     assert events == [("decay", [id(w), id(b)]), ("update", [id(w), id(b)])], events
 
 
-@canary(decays="BaseOptimizer._use_weight_decay(variable) (exclude_from_weight_decay)")
-def test_decays_follows_exclude_from_weight_decay() -> None:
-    """Keras's per-variable test of whether decoupled weight decay applies."""
-    optimizer = keras.optimizers.AdamW(0.1, weight_decay=0.5)
-    kernel, bias = keras.Variable([1.0], name="kernel"), keras.Variable([1.0], name="bias")
-    optimizer.exclude_from_weight_decay(var_names=["bias"])
-    optimizer.build([kernel, bias])
-    assert compat.decays(optimizer, kernel) and not compat.decays(optimizer, bias)
+@canary(
+    decays="BaseOptimizer._use_weight_decay(variable) (exclude_from_weight_decay), "
+    "weight_decay=None, and Muon's _should_use_adamw / adam_weight_decay",
+)
+def test_decays_follows_what_each_keras_decay_changes() -> None:
+    """Keras's per-variable tests of whether decoupled weight decay changes a variable.
+
+    Checked against what the decay really does: each case decays a variable
+    of ones once (Keras's own ``_apply_weight_decay``) and looks whether it moved.
+    """
+
+    def moved(optimizer: Any, variable: Any) -> bool:
+        before = keras.ops.convert_to_numpy(variable).copy()
+        try:
+            getattr(optimizer, compat.WEIGHT_DECAY_HOOK)([variable])
+        except RuntimeError as error:  # torch's decay of nothing: an empty _foreach list
+            if BACKEND != "torch" or "at least one tensor" not in str(error):
+                raise
+        return not np.array_equal(keras.ops.convert_to_numpy(variable), before)
+
+    cases = []
+    adamw = keras.optimizers.AdamW(0.1, weight_decay=0.5)
+    adamw.exclude_from_weight_decay(var_names=["bias"])
+    cases.append((adamw, keras.Variable(np.ones((2, 2)), name="kernel"), True))
+    cases.append((adamw, keras.Variable(np.ones((2,)), name="bias"), False))
+    cases.append((keras.optimizers.Adam(0.1), keras.Variable(np.ones((2, 2)), name="k"), False))
+    for wd, adam_wd in ((None, 0.5), (0.5, None)):
+        muon = keras.optimizers.Muon(0.1, weight_decay=wd, adam_weight_decay=adam_wd)
+        cases.append((muon, keras.Variable(np.ones((2, 2)), name="kernel"), wd is not None))
+        cases.append((muon, keras.Variable(np.ones((2,)), name="bias"), adam_wd is not None))
+    for optimizer, variable, expected in cases:
+        optimizer.build([variable])
+        assert compat.decays(optimizer, variable) == expected, (optimizer, variable.path)
+        assert moved(optimizer, variable) == expected, (optimizer, variable.path)
+
+
+@canary(WEIGHT_DECAY_CLASSES="the Keras classes that define _apply_weight_decay")
+def test_only_the_known_keras_classes_define_their_own_weight_decay() -> None:
+    """``decays`` follows every Keras class with a decay of its own: no other has one.
+
+    Every class ``keras.optimizers`` exports, as this backend instantiates it.
+    """
+    found = set()
+    for value in vars(keras.optimizers).values():
+        if not isinstance(value, type) or not issubclass(value, keras.optimizers.Optimizer):
+            continue
+        for klass in compat.backend_class(value).__mro__:  # the class Keras instantiates
+            if compat.WEIGHT_DECAY_HOOK in vars(klass):
+                found.add(f"{klass.__module__}.{klass.__qualname__}")
+    assert found <= compat.WEIGHT_DECAY_CLASSES, found
+    assert "keras.src.optimizers.muon.Muon" in found
+
+
+@canary(
+    ASSIGNMENT_HOOKS="BaseOptimizer.assign/assign_add/assign_sub: every Keras update step "
+    "changes a variable only through them",
+    update_step_is_keras_own="Keras optimizers' update_step and _backend_update_step",
+)
+@pytest.mark.parametrize("name", KERAS_OPTIMIZERS)
+def test_keras_update_steps_change_a_variable_only_through_the_assignment_methods(
+    name: str,
+) -> None:
+    """The change each Keras class's update makes is the sum of what it assigns.
+
+    A spy below our classes' place records every ``assign``/``assign_add``/
+    ``assign_sub`` of the model variable (found by Keras's own key: on
+    TensorFlow the update step is handed the variable's ``tf.Variable``);
+    after two updates (momentum and slots non-zero), the variable moved by
+    exactly what was recorded. Not on
+    torch, whose fused update steps write through ``torch._foreach`` (the
+    mixin never uses the assignments there).
+    """
+    if BACKEND == "torch":
+        pytest.skip("torch's fused update steps bypass the assignments; not used there")
+    base = getattr(keras.optimizers, name)
+    records: list[tuple[str, Any]] = []
+    watched: list[Any] = []
+
+    def spy(kind: str) -> Any:
+        def method(self: Any, variable: Any, value: Any) -> None:
+            if compat.variable_key(self, variable) == compat.variable_key(self, watched[0]):
+                old = keras.ops.convert_to_numpy(variable).copy()
+                records.append((kind, old, np.asarray(keras.ops.convert_to_numpy(value))))
+            getattr(base, kind)(self, variable, value)
+
+        return method
+
+    spied = type("Spy", (base,), {kind: spy(kind) for kind in compat.ASSIGNMENT_HOOKS})
+    optimizer = spied(0.1)
+    variable = keras.Variable(np.linspace(-1.0, 1.0, 12).reshape(4, 3).astype("float32"))
+    optimizer.exclude_from_weight_decay(var_list=[variable])  # the decay is not assigned
+    watched.append(variable)
+    for step in range(2):
+        records.clear()
+        before = keras.ops.convert_to_numpy(variable).astype("float64")
+        gradient = np.linspace(0.5, -0.7, 12).reshape(4, 3).astype("float32") * (step + 1)
+        optimizer.apply([keras.ops.convert_to_tensor(gradient)], [variable])
+        after = keras.ops.convert_to_numpy(variable).astype("float64")
+        assert records, f"{name} changed the variable without the assignment methods"
+        change = np.zeros_like(before)
+        for kind, old, value in records:
+            if kind == "assign":
+                change += value.astype("float64") - old
+            else:
+                change += (1 if kind == "assign_add" else -1) * value.astype("float64")
+        np.testing.assert_allclose(after - before, change, rtol=1e-5, atol=1e-6, err_msg=name)
+    ours = getattr(introspect_opt, f"Introspectable{name}")
+    assert compat.update_step_is_keras_own(ours, introspect_opt.IntrospectableOptimizer)
+
+
+@canary(variable_key="BaseOptimizer._var_key(variable)")
+def test_variable_key_tells_variables_apart() -> None:
+    """Keras's key of a variable: the same for it, another for another variable."""
+    optimizer = keras.optimizers.SGD(0.1)
+    a, b = keras.Variable([1.0]), keras.Variable([2.0])
+    optimizer.build([a, b])
+    assert compat.variable_key(optimizer, a) == compat.variable_key(optimizer, a)
+    assert compat.variable_key(optimizer, a) != compat.variable_key(optimizer, b)
 
 
 @canary(

@@ -158,50 +158,86 @@ def assert_same_bits(actual: list[Any], expected: list[Any]) -> None:
 # A plain run keeps these on TensorFlow and JAX (a fit costs a trace or a jit there); the
 # rest of the matrix is `extended`. On torch, where a fit of this model takes 0.2 s, a plain
 # run has every class (jit_compile=True is torch.compile there: skipped).
-CORE = {("Nadam", False), ("Muon", False), ("AdamW", False), ("AdamW", True)}
+# With decoupled weight decay, a turn's change is the weights after minus a copy before;
+# without, the value the update step assigns (introspect_opt._keras3.turns): both paths.
+# (AdamW refuses weight_decay=None.)
+DECAYS = {"decay": 0.01, "no decay": None}
+CORE = {
+    *(("Nadam", False, decay) for decay in DECAYS),
+    *(("Muon", False, decay) for decay in DECAYS),
+    ("AdamW", False, "decay"),
+    ("AdamW", True, "decay"),
+    ("Adam", False, "no decay"),
+    ("Adam", True, "no decay"),
+}
 
 
 def _matrix() -> list[Any]:
     params = []
     for name in KERAS_OPTIMIZERS:
         for jit in (False, True):
-            core = (name, jit) in CORE or (BACKEND == "torch" and not jit)
-            marks = [] if core else [pytest.mark.extended]
-            if jit:
-                marks.append(NO_TORCH_COMPILE)
-            params.append(pytest.param(name, jit, marks=marks, id=f"{name}-jit={jit}"))
+            for decay in DECAYS:
+                if name == "AdamW" and DECAYS[decay] is None:
+                    continue
+                core = (name, jit, decay) in CORE or (BACKEND == "torch" and not jit)
+                marks = [] if core else [pytest.mark.extended]
+                if jit:
+                    marks.append(NO_TORCH_COMPILE)
+                params.append(
+                    pytest.param(name, jit, decay, marks=marks, id=f"{name}-jit={jit}-{decay}")
+                )
     return params
 
 
-@pytest.mark.parametrize(("name", "jit_compile"), _matrix())
-def test_weights_and_slots_bit_identical_with_per_variable_on(name: str, jit_compile: bool) -> None:
+@pytest.mark.parametrize(("name", "jit_compile", "decay"), _matrix())
+def test_weights_and_slots_bit_identical_with_per_variable_on(
+    name: str, jit_compile: bool, decay: str
+) -> None:
     """Per-variable diagnostics change no bit of any weight or optimizer variable.
 
-    Every class introspect_opt exports, with weight decay (all accept it), on
-    a model with an Embedding (sparse gradients on TF), a kernel, a bias and
-    a scalar weight, over three ``fit`` steps on a schedule; jit off and on
+    Every class introspect_opt exports, with and without weight decay, on a
+    model with an Embedding (sparse gradients on TF), a kernel, a bias and a
+    scalar weight, over three ``fit`` steps on a schedule; jit off and on
     (TF: XLA, JAX: jax.jit). Nadam's ``u_product`` advances once per update,
     not once per variable; Muon updates the kernel its own way, the rest as
     AdamW, each with its own decay.
+
+    And at every step each variable's ``update_norm`` is the norm of the change
+    the step made (weights after minus before, on the host), within float32
+    rounding of the weights, and its ``weight_norm`` the norm before.
     """
     x, y = mixed_data()
     plain = mixed_model()
-    plain_optimizer = getattr(keras.optimizers, name)(SCHEDULE, weight_decay=0.01)
+    plain_optimizer = getattr(keras.optimizers, name)(SCHEDULE, weight_decay=DECAYS[decay])
     plain.compile(plain_optimizer, loss="mse", jit_compile=jit_compile)
     fit(plain, x, y)
     ours = mixed_model()
-    optimizer = getattr(introspect_opt, f"Introspectable{name}")(SCHEDULE, weight_decay=0.01)
+    start = [np.array(w) for w in ours.get_weights()]
+    optimizer = getattr(introspect_opt, f"Introspectable{name}")(
+        SCHEDULE, weight_decay=DECAYS[decay]
+    )
     ours.compile(
         record_diagnostics(optimizer, per_variable=True), loss="mse", jit_compile=jit_compile
     )
-    fit(ours, x, y)
+    seen = EveryBatch()
+    fit(ours, x, y, callbacks=[seen])
     assert_same_bits(ours.get_weights(), plain.get_weights())
     assert_same_bits(optimizer_state(ours.optimizer), optimizer_state(plain.optimizer))
-    values = rows(ours)
-    assert list(values) == [v.path for v in ours.trainable_variables]
-    for path, row in values.items():
-        assert list(row) == KEYS
-        assert all(np.isfinite(v) for v in row.values()), (path, row)
+    befores = [start, *seen.weights[:-1]]
+    for step, (values, before, after) in enumerate(
+        zip(seen.rows, befores, seen.weights, strict=True)
+    ):
+        assert list(values) == [v.path for v in ours.trainable_variables]
+        for (path, row), old, new in zip(values.items(), before, after, strict=True):
+            where = f"{path} step {step}"
+            assert list(row) == KEYS
+            finite = [k for k in KEYS if k != "update_to_weight_ratio" or norm(old) > 0]
+            assert all(np.isfinite(row[k]) for k in finite), (where, row)  # a zero bias: inf
+            rounding = norm(np.spacing(np.maximum(np.abs(old), np.abs(new))))
+            np.testing.assert_allclose(
+                row["update_norm"], norm(new - old), rtol=1e-5, atol=rounding, err_msg=where
+            )
+            np.testing.assert_allclose(row["weight_norm"], norm(old), rtol=1e-5, err_msg=where)
 
 
 # --- oracles -------------------------------------------------------------------------
@@ -781,3 +817,97 @@ def test_introspect_after_fit_then_record_diagnostics_of_the_model_records() -> 
     assert rows and all(np.isfinite(r["gradient_norm"]) for r in rows.values())
     for row in rows.values():
         np.testing.assert_allclose(row["effective_learning_rate"], 0.1, rtol=1e-4)
+
+
+# --- where a turn's change comes from (introspect_opt._keras3.turns) ---------------
+
+
+class DirectSGD(keras.optimizers.SGD):
+    """A user's optimizer whose update step writes the variable itself (not ``self.assign``)."""
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        lr = keras.ops.cast(learning_rate, variable.dtype)
+        variable.assign(variable - keras.ops.multiply(gradient, lr))
+
+
+class OwnAssignSub(introspect_opt.IntrospectableSGD):
+    """A user's subclass whose ``assign_sub`` writes the variable without calling ours."""
+
+    def assign_sub(self, variable: Any, value: Any) -> None:
+        variable.assign(variable - value)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: introspect_opt.introspectable(DirectSGD)(0.1), id="own update_step"),
+        pytest.param(lambda: OwnAssignSub(0.1), id="own assign_sub"),
+        pytest.param(lambda: IntrospectableSGD(0.1), id="Keras's own"),
+    ],
+)
+@pytest.mark.parametrize(
+    "jit_compile", [False, pytest.param(True, marks=[NO_TORCH_COMPILE, pytest.mark.extended])]
+)
+def test_update_norm_is_the_change_whoever_writes_the_variable(
+    make: Any, jit_compile: bool
+) -> None:
+    """A custom update step or assignment method: update_norm is still the change made.
+
+    Keras's own update steps assign through the optimizer's methods, where the
+    turn sees the change; one that writes the variable itself is measured as
+    weights after minus before. Each gives SGD's update: update_norm is
+    0.1 x gradient_norm, and the weights match plain SGD.
+    """
+    x, y = linear_data()
+    model = linear_model()
+    start = [np.array(w) for w in model.get_weights()]
+    model.compile(
+        record_diagnostics(make(), per_variable=True), loss="mse", jit_compile=jit_compile
+    )
+    seen = EveryBatch()
+    fit(model, x, y, callbacks=[seen])
+    plain = linear_model()
+    plain.compile(keras.optimizers.SGD(0.1), loss="mse", jit_compile=jit_compile)
+    fit(plain, x, y)
+    np.testing.assert_allclose(
+        np.concatenate([w.ravel() for w in model.get_weights()]),
+        np.concatenate([w.ravel() for w in plain.get_weights()]),
+        rtol=1e-6,
+    )
+    befores = [start, *seen.weights[:-1]]
+    for values, before, after in zip(seen.rows, befores, seen.weights, strict=True):
+        for (path, row), old, new in zip(values.items(), before, after, strict=True):
+            np.testing.assert_allclose(row["update_norm"], norm(new - old), rtol=1e-5, err_msg=path)
+            np.testing.assert_allclose(
+                row["update_norm"], 0.1 * row["gradient_norm"], rtol=1e-5, err_msg=path
+            )
+
+
+def test_low_precision_weights_report_the_change_made_not_the_one_asked() -> None:
+    """bfloat16 weights: update_norm is the change the step made, rounding included.
+
+    SGD asks each weight of 1.0 to move by 1e-3 x its gradient; bfloat16's
+    spacing at 1.0 is 2^-7, so the steps asked of most weights round away.
+    The change made (weights after minus before) is what counts, and what
+    update_norm reports, not the norm of what was asked (lr x gradient_norm).
+    """
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(4, kernel_initializer="ones", name="dense", dtype="bfloat16"),
+        ]
+    )
+    model.compile(record_diagnostics(IntrospectableSGD(1e-3), per_variable=True), loss="mse")
+    x = np.linspace(-1, 1, 24).reshape(8, 3).astype("float32")
+    y = np.linspace(1, 3, 32).reshape(8, 4).astype("float32")
+    before = [np.array(w, "float64") for w in model.get_weights()]
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    sync(model)
+    after = [np.array(w, "float64") for w in model.get_weights()]
+    values = rows(model)
+    kernel = values[model.trainable_variables[0].path]
+    made = norm(after[0] - before[0])
+    asked = 1e-3 * kernel["gradient_norm"]
+    assert abs(made - asked) > 0.5 * asked  # the rounding matters here
+    np.testing.assert_allclose(kernel["update_norm"], made, rtol=1e-6)

@@ -36,6 +36,7 @@ from keras.src.saving.keras_saveable import KerasSaveable as KerasSaveable
 # canary test for each (`pytest -m canary`), and fails when a name is added
 # here without one.
 __all__ = [
+    "ASSIGNMENT_HOOKS",
     "LOSS_SCALE_VARIABLE",
     "MANIFEST_ATTRIBUTE",
     "PRIVATE_HOOKS",
@@ -47,6 +48,7 @@ __all__ = [
     "UPDATE_STEP_HOOK",
     "VARIABLES_CHILD",
     "VARIABLE_ATTRIBUTE",
+    "WEIGHT_DECAY_CLASSES",
     "WEIGHT_DECAY_HOOK",
     "WRAPPED_CHILD",
     "WRAPPER_CLASS",
@@ -83,7 +85,9 @@ __all__ = [
     "sync_training_state",
     "unnumbered_default_name",
     "unpickle",
+    "update_step_is_keras_own",
     "variable_index",
+    "variable_key",
     "variables_built_for",
     "waiting_checkpoint_slots",
     "waiting_checkpoint_values",
@@ -102,6 +106,38 @@ UPDATE_STEP_HOOK = "_backend_update_step"
 # each variable's own update, the mixin defers it and applies it one variable
 # at a time, right before that variable's update step (see _keras3.mixin).
 WEIGHT_DECAY_HOOK = "_apply_weight_decay"
+
+# Keras's update steps change a model variable only through the optimizer's
+# own ``assign``, ``assign_add`` and ``assign_sub`` ("should be used in
+# optimizers instead of ``variable.assign(value)`` to support backend specific
+# optimizations": base_optimizer's docstrings; Keras's optimizer_sparse_test
+# checks it for every built-in class). The mixin overrides all three (public
+# methods), so that a variable's watched turn sees the change the update step
+# makes, where it makes it (see _keras3.turns).
+ASSIGNMENT_HOOKS = ("assign", "assign_add", "assign_sub")
+
+
+def update_step_is_keras_own(cls: type, ours: type) -> bool:
+    """Whether ``cls`` updates through a Keras optimizer's own update step.
+
+    True when its ``update_step`` and ``_backend_update_step`` (other than
+    ``ours``, the mixin) come from Keras's own modules, and its
+    ASSIGNMENT_HOOKS from ``ours``: every change the update step makes to a
+    variable then reaches the mixin. A user's update step, or a user's
+    assignment method that might not call ours, makes it False.
+    """
+
+    def first_definer(name: str, skip: type | None) -> type | None:
+        return next((k for k in cls.__mro__ if k is not skip and name in vars(k)), None)
+
+    if any(first_definer(name, None) is not ours for name in ASSIGNMENT_HOOKS):
+        return False
+    for name in ("update_step", UPDATE_STEP_HOOK):
+        definer = first_definer(name, ours)
+        if definer is None or not definer.__module__.startswith("keras."):
+            return False
+    return True
+
 
 # TensorFlow's checkpointing protocol (checked against TensorFlow 2.20 and
 # 2.21): ``tf.train.Checkpoint`` lists an object's children through this
@@ -194,12 +230,42 @@ def variables_built_for(optimizer: Any) -> list[Any]:
 
 
 def decays(optimizer: Any, variable: Any) -> bool:
-    """Whether the optimizer's decoupled weight decay applies to ``variable``.
+    """Whether the optimizer's decoupled weight decay changes ``variable``.
 
-    Keras's own test (``_use_weight_decay``: ``exclude_from_weight_decay``),
-    which every backend's and Muon's ``_apply_weight_decay`` make per variable.
+    Keras's own tests, as its ``_apply_weight_decay`` makes them per
+    variable: every backend's returns early for ``weight_decay=None`` and
+    skips what ``exclude_from_weight_decay`` names (``_use_weight_decay``);
+    Muon's decays the variables it updates as AdamW (``_should_use_adamw``)
+    by ``adam_weight_decay`` instead. No other Keras class has a decay of
+    its own (``WEIGHT_DECAY_CLASSES``, pinned by a canary).
     """
-    return bool(optimizer._use_weight_decay(variable))
+    if not optimizer._use_weight_decay(variable):
+        return False
+    rate = getattr(optimizer, "weight_decay", None)
+    muon = getattr(keras.optimizers, "Muon", None)
+    if muon is not None and isinstance(optimizer, muon) and optimizer._should_use_adamw(variable):
+        rate = optimizer.adam_weight_decay
+    return rate is not None
+
+
+# The Keras classes that define ``_apply_weight_decay`` (what ``decays`` follows).
+WEIGHT_DECAY_CLASSES = frozenset(
+    {
+        "keras.src.optimizers.base_optimizer.BaseOptimizer",
+        "keras.src.backend.tensorflow.optimizer.TFOptimizer",
+        "keras.src.backend.torch.optimizers.torch_optimizer.TorchOptimizer",
+        "keras.src.optimizers.muon.Muon",
+    }
+)
+
+
+def variable_key(optimizer: Any, variable: Any) -> Any:
+    """Keras's own key for ``variable`` (``_var_key``).
+
+    Equal for the Keras variable and the ``tf.distribute`` variable or
+    component that stands for it, which an update step may be handed instead.
+    """
+    return optimizer._var_key(variable)
 
 
 def variable_index(optimizer: Any, variable: Any) -> int:

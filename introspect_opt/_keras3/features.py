@@ -47,9 +47,9 @@ class Feature:
     * :meth:`before_variable` and :meth:`after_variable` around each
       variable's own update, when :meth:`watches_variables` says so: the
       optimizer then applies the update one variable at a time (its decoupled
-      weight decay, then its update step), so that a feature can look at one
-      variable before and after without holding a copy of the others
-      (``mixin``: the result is bit-identical to the whole update at once);
+      weight decay, then its update step) and hands each feature the change
+      it made, without a copy of the model (``turns``: the result is
+      bit-identical to the whole update at once);
     * :meth:`after_update` right after an update was applied and the cached
       rate written (never on micro-steps or skipped steps), with what
       :meth:`after_variable` returned in ``update.observed[name]``.
@@ -114,7 +114,9 @@ class Feature:
     ) -> Any:
         """Called right before ``variable``'s weight decay and update step (traced).
 
-        Returns what :meth:`after_variable` gets back (a copy of the variable, say).
+        Returns what :meth:`after_variable` gets back: scalars (the update
+        waits for them, so that a read of the variable here is released
+        before the variable is updated in place).
         """
         return None
 
@@ -126,11 +128,15 @@ class Feature:
         variable: Any,
         rate: Any,
         before: Any,
+        change: Any,
     ) -> Any:
         """Called right after ``variable``'s update (traced); returns what it observed.
 
-        Return scalars: the optimizer keeps them (not ``before``) until
-        :meth:`after_update`, so that at most one variable's copy is alive.
+        ``change``: what the turn (decay and update step) changed the variable
+        by, dense or as sparse rows to add (``_keras3.turns``: the value the
+        update step assigned where it can, else the variable after minus a
+        copy before). Return scalars: the optimizer keeps them until
+        :meth:`after_update`.
         """
         return None
 

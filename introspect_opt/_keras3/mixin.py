@@ -17,7 +17,6 @@ Every Keras method it overrides is named in ``_keras3.compat``.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import keras
@@ -27,6 +26,7 @@ from keras import ops
 from introspect_opt._common.names import STATE_ATTRIBUTE
 from introspect_opt._common.protocols import WeightsStore
 from introspect_opt._keras3 import compat as _keras_private
+from introspect_opt._keras3 import turns as _turns
 from introspect_opt._keras3.persistence import files as _persistence
 from introspect_opt._keras3.persistence import loss_scale as _loss_scale
 from introspect_opt._keras3.persistence import queue as _queue
@@ -379,13 +379,34 @@ class IntrospectableOptimizer(_OptimizerBase):
         watching = state.watching(self)
         observed: dict[str, list[Any]] = {}
         if watching:
-            # Keras's own decay and update step, given one variable at a time.
+            observed = {f.name: [] for f in watching}
+
+            def before_variable(grad: Any, variable: Any) -> Any:
+                return [f.before_variable(self, state, grad, variable) for f in watching]
+
+            def after_variable(grad: Any, variable: Any, looked: Any, change: Any) -> Any:
+                seen = [
+                    f.after_variable(self, state, grad, variable, learning_rate, held, change)
+                    for f, held in zip(watching, looked, strict=True)
+                ]
+                for feature, value in zip(watching, seen, strict=True):
+                    observed[feature.name].append(value)
+                return seen
+
+            # Keras's own decay (unless a subclass replaced it: then it ran
+            # where Keras calls it) and update step, given one variable at a time.
             decay = getattr(super(), _keras_private.WEIGHT_DECAY_HOOK)
-            if not self._defers_decay():
-                decay = _no_decay  # applied where Keras calls it
-            update = super()._backend_update_step
-            observed = self._update_one_variable_at_a_time(
-                state, watching, grads, trainable_variables, learning_rate, decay, update
+            _turns.update_one_variable_at_a_time(
+                self,
+                grads,
+                trainable_variables,
+                learning_rate,
+                decay if self._defers_decay() else None,
+                super()._backend_update_step,
+                before_variable,
+                after_variable,
+                self._own_scalars_advanced_per_call(),
+                _keras_private.update_step_is_keras_own(type(self), IntrospectableOptimizer),
             )
         else:
             super()._backend_update_step(grads, trainable_variables, learning_rate)
@@ -399,50 +420,6 @@ class IntrospectableOptimizer(_OptimizerBase):
         count = ops.add(ops.cast(self.iterations, count_var.dtype), ops.cast(1, count_var.dtype))
         rate = ops.cast(learning_rate, rate_var.dtype)
         state.record(self, Update(grads, trainable_variables, rate, count, observed))
-
-    def _update_one_variable_at_a_time(
-        self,
-        state: AppliedRateState,
-        watching: list[Any],
-        grads: list[Any],
-        variables: list[Any],
-        learning_rate: Any,
-        decay: Callable[[list[Any]], None],
-        update: Callable[[list[Any], list[Any], Any], None],
-    ) -> dict[str, list[Any]]:
-        """The update, applied variable by variable for features that watch each one.
-
-        For each variable: the features look at it (``before_variable``), its
-        decoupled weight decay and its update step run (Keras's own methods,
-        given that one variable), and the features look again
-        (``after_variable``). Each variable's update depends on its own
-        gradient, value and slots only, so the result is bit-identical to the
-        whole update at once; an optimizer's own scalars that its update step
-        advances once per call (Nadam's ``u_product``) are put back before
-        every call after the first, so that each call sees, and the last one
-        leaves, what the single call would. Each variable's turn is ordered
-        after the previous one's observations (``_sequenced``): a feature's
-        copy of one variable is dropped before the next one is taken.
-        """
-        own = self._own_scalars_advanced_per_call()
-        own_before = [ops.copy(v.value) for v in own]
-        observed: dict[str, list[Any]] = {f.name: [] for f in watching}
-        previous: list[Any] = []
-        for index, (grad, variable) in enumerate(zip(grads, variables, strict=True)):
-            grad = _sequenced(previous, grad)
-            before = [f.before_variable(self, state, grad, variable) for f in watching]
-            if _keras_private.decays(self, variable):  # torch refuses an empty list
-                decay([variable])
-            if index:
-                for scalar, value in zip(own, own_before, strict=True):
-                    scalar.assign(value)
-            update([grad], [variable], learning_rate)
-            previous = []
-            for feature, held in zip(watching, before, strict=True):
-                seen = feature.after_variable(self, state, grad, variable, learning_rate, held)
-                observed[feature.name].append(seen)
-                previous.append(seen)
-        return observed
 
     def _own_scalars_advanced_per_call(self) -> list[Any]:
         """The optimizer's own scalar variables that an update step may advance.
@@ -468,6 +445,21 @@ class IntrospectableOptimizer(_OptimizerBase):
         self.__dict__["_introspect_own_scalars"] = (len(variables), own)
         return own
 
+    # Keras's update steps change a variable only through these three
+    # (_keras_private.ASSIGNMENT_HOOKS); a variable's watched turn sees the
+    # change there, as the optimizer computed it (see _keras3.turns).
+    def assign(self, variable: Any, value: Any) -> None:
+        _turns.observe(self, variable, value, "assign")
+        super().assign(variable, value)
+
+    def assign_add(self, variable: Any, value: Any) -> None:
+        _turns.observe(self, variable, value, "assign_add")
+        super().assign_add(variable, value)
+
+    def assign_sub(self, variable: Any, value: Any) -> None:
+        _turns.observe(self, variable, value, "assign_sub")
+        super().assign_sub(variable, value)
+
     def save_own_variables(self, store: WeightsStore) -> None:
         _persistence.save(self, self._ensure_introspection_state(), store)
 
@@ -491,36 +483,6 @@ class IntrospectableOptimizer(_OptimizerBase):
                 _queue.restore_started(state)
                 return children
             return _checkpoint.children_to_save(self, state, children)
-
-
-def _no_decay(variables: list[Any]) -> None:
-    """The decay of a variable's turn when it ran before, where Keras calls it."""
-
-
-def _sequenced(previous: list[Any], value: Any) -> Any:
-    """``value``, made to wait for ``previous`` (traced TensorFlow and JAX; else as is).
-
-    So that one variable's turn in an update watched variable by variable
-    starts once the previous turn's observations exist, and the copies that
-    turn held are freed first.
-    """
-    if not previous or value is None:
-        return value
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        if tf.executing_eagerly():
-            return value
-        with tf.control_dependencies([p for p in previous if p is not None]):
-            if isinstance(value, tf.IndexedSlices):
-                return tf.IndexedSlices(tf.identity(value.values), value.indices, value.dense_shape)
-            return tf.identity(value)
-    if backend == "jax" and _keras_private.is_traced(value):
-        import jax
-
-        return jax.lax.optimization_barrier((previous, value))[1]  # type: ignore[no-untyped-call]
-    return value
 
 
 def _unpickle(optimizer_class: type, *args: Any) -> Any:
