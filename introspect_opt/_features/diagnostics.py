@@ -18,9 +18,11 @@ variables, as the manifest records them).
 
 No copy of the model: the feature watches each variable's own update
 (``Feature.watches_variables``), so that the optimizer applies the update one
-variable at a time and the feature holds a copy of one variable at a time.
-What it keeps between variables is three sums of squares per variable; the
-global values are derived from them.
+variable at a time and hands the feature the change each variable's turn
+made (``_keras3.turns``: the value Keras's update step assigns, or where
+that cannot tell, the variable after minus a copy of that one variable
+before). What it keeps between variables is three sums of squares per
+variable; the global values are derived from them.
 """
 
 from __future__ import annotations
@@ -304,14 +306,13 @@ def record_diagnostics(optimizer: Any, per_variable: bool = False) -> Any:
     ``last_update_diagnostics(obj, per_variable=True)``).
 
     The optimizer then applies each update one variable at a time (decay,
-    then update step, as Keras does), and holds a copy of one variable at a
-    time: by design the extra memory is a few times the largest variable
-    plus three scalars per variable, not a copy of the model. Two known
-    exceptions keep a new buffer for every variable (XLA cannot update in
-    place while the old value is needed): TensorFlow with
-    ``jit_compile=True``, and a custom JAX loop that jits ``stateless_apply``
-    with donated buffers (see docs/logging.md, "The cost").
-    Weight updates stay bit-identical.
+    then update step, as Keras does) and reads each variable's change where
+    Keras's update step assigns it: three reductions per variable, no copy
+    of the model, three scalars per variable kept. Where the assignment
+    cannot give the change (decoupled weight decay on that variable, float16
+    or bfloat16 weights, several replicas, torch, a custom update step), it
+    holds a copy of that one variable during its turn. See docs/logging.md,
+    "The cost", for what was measured. Weight updates stay bit-identical.
     Under a multi-replica ``tf.distribute`` strategy it costs one more
     all-reduce of each gradient. ``LearningRateLogger(diagnostics=True)``
     (or ``diagnostics="per_variable"``) calls this for you.
