@@ -632,8 +632,8 @@ def test_multi_optimizer_sub_optimizers_record_their_own_variables() -> None:
     """MultiOptimizer: each introspectable sub-optimizer has rows for its own variables.
 
     Adam trains ``first``, plain SGD the rest (its effective rate is its
-    rate); weights bit-identical to plain sub-optimizers. The MultiOptimizer
-    itself is refused, with the way to read each one.
+    rate); weights bit-identical to plain sub-optimizers. Read through the
+    model or the MultiOptimizer, each sub-optimizer's values come by label.
     """
     multi_optimizer, optimizer_map = keras.optimizers.MultiOptimizer, keras.optimizers.OptimizerMap
     x, y = linear_data(24)
@@ -657,8 +657,41 @@ def test_multi_optimizer_sub_optimizers_record_their_own_variables() -> None:
         assert all(np.isfinite(v) for v in row.values())
     for row in rows(sgd).values():
         np.testing.assert_allclose(row["effective_learning_rate"], 0.1, rtol=1e-5)
-    with pytest.raises(TypeError, match="pass each one"):
-        last_update_diagnostics(model, per_variable=True)
+    # Through the model or the MultiOptimizer: each sub-optimizer's, by label.
+    for holder in (model, model.optimizer):
+        by_label = last_update_diagnostics(holder, per_variable=True)
+        assert sorted(by_label) == ["adam", "sgd"], list(by_label)
+        assert_same_rows(by_label["adam"], rows(adam))
+        assert_same_rows(by_label["sgd"], rows(sgd))
+        totals = last_update_diagnostics(holder)
+        assert totals == {
+            "sgd": last_update_diagnostics(sgd),
+            "adam": last_update_diagnostics(adam),
+        }
+
+
+def test_record_diagnostics_of_a_multi_optimizer_switches_every_sub_optimizer_on() -> None:
+    """``record_diagnostics(multi_optimizer)`` records for each sub-optimizer; returns it.
+
+    Given the compiled model, after a first ``fit`` without diagnostics, the
+    next ``fit`` records (its train function is traced again).
+    """
+    multi_optimizer, optimizer_map = keras.optimizers.MultiOptimizer, keras.optimizers.OptimizerMap
+    x, y = linear_data(24)
+    adam, sgd = IntrospectableAdam(0.01), IntrospectableSGD(0.1)
+    multi = multi_optimizer(optimizer_map(sgd, {"first/.*": adam}))
+    model = _two_layers()
+    model.compile(multi, loss="mse")
+    fit(model, x, y)
+    assert last_update_diagnostics(model) == {"sgd": {}, "adam": {}}
+    assert record_diagnostics(model, per_variable=True) is multi
+    fit(model, x, y)
+    by_label = last_update_diagnostics(model, per_variable=True)
+    assert list(by_label["adam"]) == ["first/kernel", "first/bias"]
+    assert list(by_label["sgd"]) == ["second/kernel", "second/bias"]
+    for row in by_label["sgd"].values():
+        np.testing.assert_allclose(row["effective_learning_rate"], 0.1, rtol=1e-5)
+    assert record_diagnostics(multi) is multi
 
 
 # --- switching it on ---------------------------------------------------------------------

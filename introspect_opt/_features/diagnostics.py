@@ -38,7 +38,12 @@ from introspect_opt._common.names import STATE_ATTRIBUTE
 from introspect_opt._keras3 import compat as _keras_private
 from introspect_opt._keras3.features import Entries, Feature, Update, register_feature
 from introspect_opt._keras3.host import host_array
-from introspect_opt._keras3.resolve import resolve_optimizer
+from introspect_opt._keras3.resolve import (
+    optimizer_of,
+    resolve_multi_optimizer,
+    resolve_optimizer,
+    unwrap,
+)
 from introspect_opt._keras3.state import AppliedRateState, make_variable
 
 KEYS = ("gradient_norm", "update_norm", "update_to_weight_ratio")
@@ -324,16 +329,21 @@ def record_diagnostics(optimizer: Any, per_variable: bool = False) -> Any:
 
     Args:
         optimizer: An introspectable optimizer (or a ``LossScaleOptimizer``
-            around one, or a compiled model).
+            around one, a ``MultiOptimizer`` whose sub-optimizers are
+            introspectable, each of which then records, or a compiled model
+            whose optimizer is any of them).
         per_variable: Also keep each variable's norms. Once on, it stays on
             (as diagnostics do); ``False`` leaves it as it is.
 
     Returns:
-        The introspectable optimizer.
+        The introspectable optimizer (the ``MultiOptimizer`` for one).
 
     Raises:
         TypeError: ``optimizer`` is not (and holds no) introspectable
             optimizer, or ``per_variable`` is not a bool.
+        ValueError: two sub-optimizers of a ``MultiOptimizer`` have the same
+            label, or its sub-optimizers are chosen by a function and it is
+            not built yet.
 
     Examples:
         >>> import keras, introspect_opt
@@ -344,49 +354,58 @@ def record_diagnostics(optimizer: Any, per_variable: bool = False) -> Any:
         >>> {k: round(v, 4) for k, v in diagnostics.items()}
         {'gradient_norm': 1.0, 'update_norm': 0.5, 'update_to_weight_ratio': 0.1}
     """
-    per_variable = _check_switch(per_variable, "record_diagnostics()")
-    target = resolve_optimizer(optimizer, "record_diagnostics()")
-    if enable(target, per_variable):
+    caller = "record_diagnostics()"
+    per_variable = _check_switch(per_variable, caller)
+    subs = resolve_multi_optimizer(optimizer, caller)
+    targets = [resolve_optimizer(optimizer, caller)] if subs is None else list(subs.values())
+    created = [target for target in targets if enable(target, per_variable)]
+    if created:
         if getattr(optimizer, "train_function", None) is not None:  # a compiled model
             # Traced before, maybe before this optimizer was introspectable
             # (`introspect(opt)` after a fit): its state did not see that trace.
             optimizer.make_train_function(force=True)
-        elif target._ensure_introspection_state().traced:
-            warnings.warn(
-                f"record_diagnostics(): the update step of '{target.name}' was traced "
-                "into a tf.function before (e.g. by fit), which will not record "
-                "diagnostics until it is traced again. Pass the compiled model "
-                "instead (`record_diagnostics(model)`), or call "
-                "`model.make_train_function(force=True)`.",
-                stacklevel=2,
-            )
-    return target
+        else:
+            traced = [t.name for t in created if t._ensure_introspection_state().traced]
+            if traced:
+                warnings.warn(
+                    f"record_diagnostics(): the update step of {', '.join(map(repr, traced))} "
+                    "was traced into a tf.function before (e.g. by fit), which will not "
+                    "record diagnostics until it is traced again. Pass the compiled model "
+                    "instead (`record_diagnostics(model)`), or call "
+                    "`model.make_train_function(force=True)`.",
+                    stacklevel=2,
+                )
+    if subs is not None:
+        return unwrap(optimizer_of(optimizer))[0]  # the MultiOptimizer
+    return targets[0]
+
+
+# The values are Any, not float: for a MultiOptimizer each is one sub-optimizer's
+# dict, and whether ``obj`` holds one is known only at run time.
+@overload
+def last_update_diagnostics(obj: Any, per_variable: Literal[False] = False) -> dict[str, Any]: ...
 
 
 @overload
-def last_update_diagnostics(obj: Any, per_variable: Literal[False] = False) -> dict[str, float]: ...
-
-
-@overload
-def last_update_diagnostics(
-    obj: Any, per_variable: Literal[True]
-) -> dict[str, dict[str, float]]: ...
+def last_update_diagnostics(obj: Any, per_variable: Literal[True]) -> dict[str, dict[str, Any]]: ...
 
 
 @overload
 def last_update_diagnostics(
     obj: Any, per_variable: bool
-) -> dict[str, float] | dict[str, dict[str, float]]: ...
+) -> dict[str, Any] | dict[str, dict[str, Any]]: ...
 
 
 def last_update_diagnostics(
     obj: Any, per_variable: bool = False
-) -> dict[str, float] | dict[str, dict[str, float]]:
+) -> dict[str, Any] | dict[str, dict[str, Any]]:
     """The diagnostics of the last applied update, read in one go.
 
     Args:
         obj: An introspectable optimizer, a ``LossScaleOptimizer`` around one,
-            or a compiled model (on JAX, use the model inside ``fit``).
+            a ``MultiOptimizer`` whose sub-optimizers are introspectable, or a
+            compiled model whose optimizer is any of them (on JAX, use the
+            model inside ``fit``).
         per_variable: Read each variable's values instead of the global ones.
 
     Returns:
@@ -405,9 +424,16 @@ def last_update_diagnostics(
         change (no gradient). Empty unless recorded with
         ``record_diagnostics(..., per_variable=True)``.
 
+        For a ``MultiOptimizer``: ``{label: what its sub-optimizer gives}``,
+        labels as in ``current_learning_rate`` (each sub-optimizer's name
+        without the counter Keras appends to default names).
+
     Raises:
         TypeError: ``obj`` is not (and holds no) introspectable optimizer, or
             ``per_variable`` is not a bool.
+        ValueError: two sub-optimizers of a ``MultiOptimizer`` have the same
+            label, or its sub-optimizers are chosen by a function and it is
+            not built yet.
 
     Examples:
         >>> import keras, introspect_opt
@@ -421,11 +447,13 @@ def last_update_diagnostics(
         >>> round(rows["w"]["effective_learning_rate"], 6)  # plain SGD: the rate
         0.1
     """
-    per_variable = _check_switch(per_variable, "last_update_diagnostics()")
-    optimizer = resolve_optimizer(obj, "last_update_diagnostics()")
-    if per_variable:
-        return read_per_variable(optimizer)
-    return read(optimizer)
+    caller = "last_update_diagnostics()"
+    per_variable = _check_switch(per_variable, caller)
+    reader = read_per_variable if per_variable else read
+    subs = resolve_multi_optimizer(obj, caller)
+    if subs is not None:
+        return {label: reader(sub) for label, sub in subs.items()}
+    return reader(resolve_optimizer(obj, caller))
 
 
 def update_diagnostics(obj: Any) -> dict[str, float]:
