@@ -290,6 +290,34 @@ def test_keras_update_steps_change_a_variable_only_through_the_assignment_method
     assert compat.update_step_is_keras_own(ours, introspect_opt.IntrospectableOptimizer)
 
 
+@canary(
+    fused_step_skips_user_methods="keras.src.backend.torch.optimizers.* (_parallel_update_step "
+    "with torch._foreach) and TorchOptimizer.__new__ (fused classes for Keras's exact classes)",
+    generic_update_step="BaseOptimizer._backend_update_step (update_step per variable)",
+)
+def test_a_users_update_step_needs_the_generic_step_only_below_a_fused_class() -> None:
+    """Only on torch, only for a subclass of ours that defines its own update_step.
+
+    Keras's generic step calls ``update_step`` once per variable, in order.
+    """
+    ours = introspect_opt.IntrospectableOptimizer
+    seen: list[int] = []
+
+    def update_step(self: Any, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        seen.append(id(variable))
+
+    mine = type("Mine", (introspect_opt.IntrospectableAdam,), {"update_step": update_step})
+    assert compat.fused_step_skips_user_methods(mine, ours) == (BACKEND == "torch")
+    assert not compat.fused_step_skips_user_methods(introspect_opt.IntrospectableAdam, ours)
+    plain_subclass = type("Plain", (keras.optimizers.Adam,), {"update_step": update_step})
+    assert type(plain_subclass(0.1)) is plain_subclass  # Keras keeps a subclass unfused
+    optimizer = mine(0.1)
+    variables = [keras.Variable([1.0]), keras.Variable([2.0])]
+    optimizer.build(variables)
+    compat.generic_update_step(optimizer, [keras.ops.ones((1,))] * 2, variables, 0.1)
+    assert seen == [id(v) for v in variables]
+
+
 @canary(variable_key="BaseOptimizer._var_key(variable)")
 def test_variable_key_tells_variables_apart() -> None:
     """Keras's key of a variable: the same for it, another for another variable."""

@@ -169,6 +169,10 @@ CORE = {
     ("AdamW", True, "decay"),
     ("Adam", False, "no decay"),
     ("Adam", True, "no decay"),
+    # Their update steps assign the model variable (self.assign): the change is new - current.
+    ("Ftrl", False, "no decay"),
+    ("Ftrl", True, "no decay"),
+    ("ScheduleFreeAdamW", False, "no decay"),
 }
 
 
@@ -944,3 +948,135 @@ def test_low_precision_weights_report_the_change_made_not_the_one_asked() -> Non
     asked = 1e-3 * kernel["gradient_norm"]
     assert abs(made - asked) > 0.5 * asked  # the rounding matters here
     np.testing.assert_allclose(kernel["update_norm"], made, rtol=1e-6)
+
+
+class ProjectingSGD(introspect_opt.IntrospectableSGD):
+    """Keras's update step (through ``self.assign_sub``), then a projection written directly."""
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        super().update_step(gradient, variable, learning_rate)
+        variable.assign(keras.ops.clip(variable, -0.3, 0.3))
+
+
+class ClippingAssignSub(introspect_opt.IntrospectableSGD):
+    """An ``assign_sub`` that calls ours, then writes the variable itself."""
+
+    def assign_sub(self, variable: Any, value: Any) -> None:
+        super().assign_sub(variable, value)
+        variable.assign(keras.ops.clip(variable, -0.3, 0.3))
+
+
+class BufferedSGD(keras.optimizers.SGD):
+    """Subtracts a buffer *variable* it then resets: the change is what it was when subtracted."""
+
+    def build(self, variables: Any) -> None:
+        super().build(variables)
+        self.buffers = [self.add_variable_from_reference(v, "buffer") for v in variables]
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        buffer = self.buffers[self._get_variable_index(variable)]
+        self.assign(buffer, keras.ops.multiply(gradient, learning_rate))
+        self.assign_sub(variable, buffer)
+        self.assign(buffer, keras.ops.zeros(buffer.shape, buffer.dtype))
+
+
+@pytest.mark.parametrize(
+    ("make", "projects"),
+    [
+        pytest.param(lambda: ProjectingSGD(0.5), True, id="projects after Keras's step"),
+        pytest.param(lambda: ClippingAssignSub(0.5), True, id="clips in its assign_sub"),
+        pytest.param(lambda: introspect_opt.introspectable(BufferedSGD)(0.5), False, id="buffer"),
+    ],
+)
+def test_update_norm_counts_what_a_custom_step_writes_after_keras_s(
+    make: Any, projects: bool
+) -> None:
+    """A custom step that also writes the variable: update_norm is the whole change made.
+
+    Weights start in [-2, 2], so the projection to [-0.3, 0.3] moves them far
+    more than SGD's step: an update norm that missed it would be 0.5 x the
+    gradient norm. The buffer is reset after it was subtracted: an update
+    norm read from it late would be 0. Eager and traced (tf.function /
+    jax.jit through ``fit``); on torch, where our classes extend Keras's
+    fused ones, the user's methods run as under plain Keras.
+    """
+    optimizer = record_diagnostics(make(), per_variable=True)
+    weight = keras.Variable(np.linspace(-2.0, 2.0, 8).astype("float32"), name="w")
+    before = np.array(keras.ops.convert_to_numpy(weight))
+    optimizer.apply_gradients([(keras.ops.ones((8,)), weight)])
+    after = np.array(keras.ops.convert_to_numpy(weight))
+    row = rows(optimizer)["w"]
+    np.testing.assert_allclose(row["update_norm"], norm(after - before), rtol=1e-6)
+    if projects:
+        assert row["update_norm"] > 2 * 0.5 * row["gradient_norm"]  # not only SGD's step
+    else:
+        np.testing.assert_allclose(row["update_norm"], 0.5 * row["gradient_norm"], rtol=1e-6)
+    x, y = linear_data()
+    model = linear_model()
+    model.compile(record_diagnostics(make(), per_variable=True), loss="mse")
+    start = [np.array(w) for w in model.get_weights()]
+    seen = EveryBatch()
+    fit(model, x, y, callbacks=[seen])
+    for values, old_weights, new_weights in zip(
+        seen.rows, [start, *seen.weights[:-1]], seen.weights, strict=True
+    ):
+        for (path, row), old, new in zip(values.items(), old_weights, new_weights, strict=True):
+            np.testing.assert_allclose(row["update_norm"], norm(new - old), rtol=1e-5, err_msg=path)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's sparse gradients, under XLA")
+@pytest.mark.parametrize("name", ["Adagrad", "Adadelta", "SGD"])
+def test_sparse_updates_under_xla_report_the_change_made(name: str) -> None:
+    """An Embedding under ``jit_compile=True``: Adagrad's and Adadelta's sparse steps compile.
+
+    Their sparse change comes out of a ``tf.cond`` without a static row
+    count, which XLA needs; the rows are then added into the embedding's
+    shape. update_norm is the change made, repeated ids summed.
+    """
+    model = mixed_model()
+    start = [np.array(w) for w in model.get_weights()]
+    optimizer = getattr(introspect_opt, f"Introspectable{name}")(0.5)
+    model.compile(record_diagnostics(optimizer, per_variable=True), loss="mse", jit_compile=True)
+    seen = EveryBatch()
+    fit(model, *mixed_data(), callbacks=[seen])
+    for values, old_weights, new_weights in zip(
+        seen.rows, [start, *seen.weights[:-1]], seen.weights, strict=True
+    ):
+        for (path, row), old, new in zip(values.items(), old_weights, new_weights, strict=True):
+            rounding = norm(np.spacing(np.maximum(np.abs(old), np.abs(new))))
+            np.testing.assert_allclose(
+                row["update_norm"], norm(new - old), rtol=1e-5, atol=rounding, err_msg=path
+            )
+
+
+@pytest.mark.parametrize("name", ["Adam", "SGD", "RMSprop"])
+def test_a_subclass_overriding_update_step_runs_it_as_under_plain_keras(name: str) -> None:
+    """A user's subclass of ``Introspectable<Name>`` that overrides ``update_step``.
+
+    Plain Keras runs a subclass's own ``update_step`` (on torch it uses its
+    fused classes only for its exact classes): so must ours, on every
+    backend, with diagnostics off and on (weights equal to plain Keras's).
+    """
+
+    def halving(base: type) -> type:
+        def update_step(self: Any, gradient: Any, variable: Any, learning_rate: Any) -> None:
+            base.update_step(self, gradient, variable, learning_rate)
+            variable.assign(variable * 0.5)
+
+        return type(f"Halving{name}", (base,), {"update_step": update_step})
+
+    results = []
+    for base, diagnostics in (
+        (getattr(keras.optimizers, name), None),
+        (getattr(introspect_opt, f"Introspectable{name}"), None),
+        (getattr(introspect_opt, f"Introspectable{name}"), True),
+    ):
+        optimizer = halving(base)(0.1)
+        if diagnostics:
+            record_diagnostics(optimizer, per_variable=True)
+        weight = keras.Variable(np.linspace(-2.0, 2.0, 5).astype("float32"), name="w")
+        optimizer.apply_gradients([(keras.ops.ones((5,)), weight)])
+        results.append(np.array(keras.ops.convert_to_numpy(weight)))
+    np.testing.assert_array_equal(results[1], results[0])
+    np.testing.assert_array_equal(results[2], results[0])
+    assert abs(results[0]).max() < 1.5  # halved (2.1 otherwise): the override ran

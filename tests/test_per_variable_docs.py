@@ -409,8 +409,8 @@ def test_the_state_kept_is_three_float32_per_variable(tmp_path: Path) -> None:
 def test_the_compiled_step_holds_no_copy_of_the_model() -> None:
     """JAX/XLA: the extra temporary memory of fit's step does not grow with the variable count.
 
-    It stays within a few copies of the largest variable (one for SGD, three
-    for Adam, measured), the same for 24 kernels as for 8, where a copy of the
+    It stays within the largest variable (SGD and AdamW) or two of them
+    (Adam), measured, the same for 24 kernels as for 8, where a copy of the
     model would grow with every layer.
     """
     import jax
@@ -444,20 +444,22 @@ def test_the_compiled_step_holds_no_copy_of_the_model() -> None:
         return sizes[1] - sizes[0]
 
     largest = width * width * 4
-    for optimizer_class, copies in [(IntrospectableSGD, 1), (IntrospectableAdam, 3)]:
+    for optimizer_class, copies in [(IntrospectableSGD, 1), (IntrospectableAdam, 2)]:
         few, many = (extra_temporary_bytes(optimizer_class, layers) for layers in (8, 24))
         assert few <= copies * largest + 100_000, (optimizer_class, few)
         assert many <= few + 100_000, (optimizer_class, few, many)  # 3x the layers: no more
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="reads the JAX backend's compiled memory plan")
-def test_a_custom_jax_loop_jitting_stateless_apply_with_donation_holds_a_model_copy() -> None:
-    """The known exception (docs/logging.md, "The cost"): one model's worth of temporary memory.
+def test_a_custom_jax_loop_jitting_stateless_apply_with_donation_holds_two_model_copies() -> None:
+    """The known exception (docs/logging.md, "The cost"): two models' worth of temporaries.
 
-    ``jax.jit(optimizer.stateless_apply, donate_argnums=...)``: XLA keeps
-    every new value in temporary memory until the step ends, 4 MB per 4 MB
-    variable, where SGD without diagnostics needs none. Pinned so that the
-    docs change when XLA or the implementation does better.
+    ``jax.jit(optimizer.stateless_apply, donate_argnums=...)`` on CPU: XLA
+    keeps every variable's update and new value in temporary memory until
+    the step ends, 8 MB per 4 MB variable, where SGD without diagnostics
+    needs none (the same happens to a plain JAX function that reduces each
+    update and applies it). Pinned so that the docs change when XLA or the
+    implementation does better.
     """
     import jax
 
@@ -476,8 +478,8 @@ def test_a_custom_jax_loop_jitting_stateless_apply_with_donation_holds_a_model_c
 
     for count in (2, 4):
         assert temporary_mib(None, count) == 0.0
-        assert temporary_mib(False, count) == pytest.approx(4.0 * count, abs=0.5)
-        assert temporary_mib(True, count) == pytest.approx(4.0 * count, abs=0.5)
+        assert temporary_mib(False, count) == pytest.approx(8.0 * count, abs=0.5)
+        assert temporary_mib(True, count) == pytest.approx(8.0 * count, abs=0.5)
 
 
 def _example_module() -> Any:

@@ -53,28 +53,33 @@ NORMS = ("gradient_norm", "update_norm", "weight_norm")
 PER_VARIABLE_KEYS = (*NORMS, "update_to_weight_ratio", "effective_learning_rate")
 
 
-def _values(tensor: Any) -> Any:
+def _values(tensor: Any, variable: Any = None) -> Any:
     if isinstance(tensor, keras.Variable):
         # Inside jax.jit a Keras variable must be read explicitly.
         tensor = tensor.value
     elif type(tensor).__name__ == "IndexedSlices":
-        tensor = _rows_as_applied(tensor)
+        tensor = _rows_as_applied(tensor, variable)
     return ops.cast(tensor, "float32")
 
 
-def _rows_as_applied(gradient: Any) -> Any:
-    """A sparse gradient's rows with the rows that share an index summed.
+def _rows_as_applied(gradient: Any, variable: Any = None) -> Any:
+    """A sparse gradient's (or change's) rows with the rows that share an index summed.
 
     TensorFlow's sparse gradients (embeddings) hold one row per lookup, so an
     id seen twice in a batch has two rows; the update adds both to the same
     row of the variable (``scatter_add``), so the gradient it applied has
     their sum there. The result has as many rows as ``gradient.values`` (the
     extra ones zero): static shapes, so it works under XLA too, and it costs
-    one more buffer the size of the rows, never of the variable.
+    one more buffer the size of the rows, never of the variable. Where the
+    number of rows is not known while tracing (the sparse change Adagrad
+    and Adadelta assign comes out of a ``tf.cond``), XLA needs it to be: the
+    rows are then added into the ``variable``'s shape (a buffer its size).
     """
     import tensorflow as tf
 
     indices = gradient.indices
+    if indices.shape[0] is None and variable is not None and variable.shape[0] is not None:
+        return tf.math.unsorted_segment_sum(gradient.values, indices, variable.shape[0])
     order = tf.argsort(indices, stable=True)
     ordered = tf.gather(indices, order)
     starts = tf.concat([[True], tf.not_equal(ordered[1:], ordered[:-1])], axis=0)
@@ -125,7 +130,7 @@ class _Diagnostics(Feature):
         self, optimizer: Any, state: AppliedRateState, gradient: Any, variable: Any
     ) -> Any:
         # Before its weight decay and update: the gradient it applies, and the weights.
-        applied = _values(_summed_over_replicas(gradient))
+        applied = _values(_summed_over_replicas(gradient), variable)
         return ops.stack([_sum_of_squares(applied), _sum_of_squares(_values(variable))])
 
     def after_variable(
@@ -139,7 +144,7 @@ class _Diagnostics(Feature):
         change: Any,
     ) -> Any:
         squares = ops.unstack(before, 2)
-        return ops.stack([squares[0], _sum_of_squares(_values(change)), squares[1]])
+        return ops.stack([squares[0], _sum_of_squares(_values(change, variable)), squares[1]])
 
     def after_update(self, optimizer: Any, state: AppliedRateState, update: Update) -> None:
         seen = update.observed.get(self.name)

@@ -67,6 +67,8 @@ __all__ = [
     "drop_waiting_checkpoint_values",
     "eager_scope",
     "foreign_strategy",
+    "fused_step_skips_user_methods",
+    "generic_update_step",
     "has_rate_variable",
     "hook_wrapper_loads",
     "initialize_trackable",
@@ -137,6 +139,36 @@ def update_step_is_keras_own(cls: type, ours: type) -> bool:
         if definer is None or not definer.__module__.startswith("keras."):
             return False
     return True
+
+
+def fused_step_skips_user_methods(cls: type, ours: type) -> bool:
+    """Whether ``cls`` is a user's subclass of a fused torch class of ours.
+
+    Keras's fused torch classes (``keras.src.backend.torch.optimizers``)
+    update through ``_parallel_update_step`` with ``torch._foreach``, never
+    calling ``update_step`` or the ASSIGNMENT_HOOKS; Keras instantiates them
+    only for its own exact classes (``TorchOptimizer.__new__``), so a user's
+    subclass of ``keras.optimizers.Adam`` runs its own ``update_step``. Ours
+    extend the fused classes: a user's subclass that defines those methods
+    needs the generic step (``generic_update_step``) to match plain Keras.
+    """
+    if keras.backend.backend() != "torch":
+        return False
+    fused = any(
+        "_parallel_update_step" in vars(k) and k.__module__.startswith(_TORCH_OPTIMIZERS)
+        for k in cls.__mro__
+    )
+    return fused and not update_step_is_keras_own(cls, ours)
+
+
+_TORCH_OPTIMIZERS = "keras.src.backend.torch.optimizers."
+
+
+def generic_update_step(optimizer: Any, grads: Any, variables: Any, learning_rate: Any) -> None:
+    """Keras's generic update step: ``update_step`` for each variable (BaseOptimizer's)."""
+    from keras.src.optimizers.base_optimizer import BaseOptimizer
+
+    BaseOptimizer._backend_update_step(optimizer, grads, variables, learning_rate)
 
 
 # TensorFlow's checkpointing protocol (checked against TensorFlow 2.20 and

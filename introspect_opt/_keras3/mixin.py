@@ -16,7 +16,9 @@ Every Keras method it overrides is named in ``_keras3.compat``.
 
 from __future__ import annotations
 
+import functools
 import inspect
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import keras
@@ -376,6 +378,14 @@ class IntrospectableOptimizer(_OptimizerBase):
         rate_dtype(self, learning_rate)  # a clear error before Keras's own
         state = self._ensure_introspection_state()
         grads, trainable_variables = list(grads), list(trainable_variables)
+        # Keras's update step below this class, as plain Keras would pick it: on
+        # torch the ready-made classes extend Keras's fused classes, whose step
+        # never calls `update_step` or the assignment methods, and which plain
+        # Keras uses only for its own exact classes; a user's subclass that
+        # defines those gets, as under plain Keras, the generic step.
+        keras_step: Callable[[Any, Any, Any], None] = super()._backend_update_step
+        if _keras_private.fused_step_skips_user_methods(type(self), IntrospectableOptimizer):
+            keras_step = functools.partial(_keras_private.generic_update_step, self)
         watching = state.watching(self)
         observed: dict[str, list[Any]] = {}
         if watching:
@@ -402,14 +412,14 @@ class IntrospectableOptimizer(_OptimizerBase):
                 trainable_variables,
                 learning_rate,
                 decay if self._defers_decay() else None,
-                super()._backend_update_step,
+                keras_step,
                 before_variable,
                 after_variable,
                 self._own_scalars_advanced_per_call(),
                 _keras_private.update_step_is_keras_own(type(self), IntrospectableOptimizer),
             )
         else:
-            super()._backend_update_step(grads, trainable_variables, learning_rate)
+            keras_step(grads, trainable_variables, learning_rate)
         core = state.core()
         if core is None:  # pragma: no cover - build() and introspect() create them
             raise RuntimeError(

@@ -24,8 +24,12 @@ copy taken before it, one variable at a time):
 * more than one replica updates it (a ``tf.distribute`` strategy applies the
   change per device, in cross-replica context);
 * the torch backend (its fused update steps write through ``torch._foreach``);
-* the turn did not go through those methods after all (a custom update step
-  that writes the variable directly).
+* an update step that is not Keras's own (``compat.update_step_is_keras_own``:
+  a user's may write the variable directly, or change a value it assigned).
+
+For float32 weights the assigned change is the step the optimizer computed;
+the step the weights took differs from it by float32 rounding (all of it
+where a step is below the weights' spacing and rounds away).
 """
 
 from __future__ import annotations
@@ -53,8 +57,6 @@ class _Turn:
     watch_assignments: bool
     # (sign, value): the change is the sum of sign * value.
     parts: list[tuple[int, Any]] = dataclasses.field(default_factory=list)
-    # An assignment the parts cannot describe (a sparse ``assign``).
-    opaque: bool = False
 
 
 def observe(optimizer: Any, variable: Any, value: Any, kind: str) -> None:
@@ -69,14 +71,25 @@ def observe(optimizer: Any, variable: Any, value: Any, kind: str) -> None:
     same = variable is turn.variable
     if not same and _keras_private.variable_key(optimizer, variable) != turn.key:
         return
+    if _is_variable(value):  # SGD adds its momentum variable: its value now
+        value = _read(value)
     if kind == "assign_add":
         turn.parts.append((1, value))
     elif kind == "assign_sub":
         turn.parts.append((-1, value))
-    elif _is_sparse(value):
-        turn.opaque = True
-    else:
-        turn.parts.append((1, ops.subtract(ops.cast(value, variable.dtype), variable.value)))
+    else:  # the new value minus the current one, read now (before Keras assigns)
+        current = _read(turn.variable)  # (TensorFlow hands update steps the tf.Variable)
+        if _is_sparse(value):  # rows to set: the value they will have
+            import tensorflow as tf
+
+            value = tf.tensor_scatter_nd_update(current, value.indices[:, None], value.values)
+        turn.parts.append((1, ops.subtract(ops.cast(value, current.dtype), current)))
+
+
+def _is_variable(value: Any) -> bool:
+    return isinstance(value, keras.Variable) or (
+        keras.backend.backend() == "tensorflow" and hasattr(value, "read_value")
+    )
 
 
 def _is_sparse(value: Any) -> bool:
@@ -103,17 +116,14 @@ def _sees_assignments(optimizer: Any, variable: Any, decays: bool) -> bool:
 def _value_before(variable: Any, assigned: bool) -> Any:
     """The variable's value before its turn, for when its change is not assigned.
 
-    None where the change will come from the assignments (``assigned``: Keras's
-    own update step, watched): a value held across an in-place update costs
-    a copy on TensorFlow and torch. JAX's values are immutable: a read, which
-    costs nothing unless used, and covers a custom update step that turns out
-    not to assign.
+    None where the change will come from the assignments (``assigned``): a
+    value held across an in-place update costs a copy on TensorFlow and torch.
     """
     backend = keras.backend.backend()
-    if backend == "jax":
-        return variable.value
     if assigned:
         return None
+    if backend == "jax":
+        return variable.value  # immutable
     if backend == "tensorflow":
         import tensorflow as tf
 
@@ -123,14 +133,13 @@ def _value_before(variable: Any, assigned: bool) -> Any:
 
 def _change(turn: _Turn, variable: Any, before: Any) -> Any:
     """The change the turn made to the variable (dense, or sparse rows to add)."""
-    if turn.watch_assignments and turn.parts and not turn.opaque:
+    if turn.watch_assignments and turn.parts:
         if len(turn.parts) == 1:
             return turn.parts[0][1]  # its sign does not change a norm
         total = None
         for sign, part in turn.parts:
-            dense = ops.convert_to_tensor(part)
-            if _is_sparse(part):  # pragma: no cover - no Keras update step mixes them
-                dense = _dense(part)
+            # (A sparse part among several: no Keras update step makes one.)
+            dense = _dense(part) if _is_sparse(part) else part
             dense = dense if sign > 0 else ops.negative(dense)
             total = dense if total is None else ops.add(total, dense)
         return total
@@ -140,15 +149,17 @@ def _change(turn: _Turn, variable: Any, before: Any) -> Any:
             "assign/assign_add/assign_sub, so introspect_opt diagnostics cannot see the "
             "change; please report this with your Keras version."
         )
-    return ops.subtract(_value_after(variable), before)
+    return ops.subtract(_read(variable), before)
 
 
-def _value_after(variable: Any) -> Any:
+def _read(variable: Any) -> Any:
+    """A variable's value now (on TensorFlow, a read at this point of the program)."""
+    value = variable.value if isinstance(variable, keras.Variable) else variable
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        return tf.identity(variable.value)
-    return variable.value
+        return tf.identity(value)
+    return value
 
 
 def _dense(slices: Any) -> Any:  # pragma: no cover - see _change
@@ -201,9 +212,9 @@ def update_one_variable_at_a_time(
         turn = _Turn(
             variable,
             _keras_private.variable_key(optimizer, variable),
-            _sees_assignments(optimizer, variable, decays),
+            keras_update_step and _sees_assignments(optimizer, variable, decays),
         )
-        before = _value_before(variable, turn.watch_assignments and keras_update_step)
+        before = _value_before(variable, turn.watch_assignments)
         step_grad = _sequenced(looked, grad)
         if decay is not None and decays:  # torch refuses an empty list
             decay([variable])
