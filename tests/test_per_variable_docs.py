@@ -444,7 +444,11 @@ def test_the_compiled_step_holds_no_copy_of_the_model() -> None:
         return sizes[1] - sizes[0]
 
     largest = width * width * 4
-    for optimizer_class, copies in [(IntrospectableSGD, 1), (IntrospectableAdam, 2)]:
+    for optimizer_class, copies in [
+        (IntrospectableSGD, 1),
+        (IntrospectableAdamW, 1),
+        (IntrospectableAdam, 2),
+    ]:
         few, many = (extra_temporary_bytes(optimizer_class, layers) for layers in (8, 24))
         assert few <= copies * largest + 100_000, (optimizer_class, few)
         assert many <= few + 100_000, (optimizer_class, few, many)  # 3x the layers: no more

@@ -140,8 +140,8 @@ class LearningRateLogger(keras.callbacks.Callback):
             change (``nan`` when no variable has a value); each variable's
             own values go to TensorBoard with ``DiagnosticsToTensorBoard``.
             Either way the optimizer applies each update one variable at a
-            time, holding a copy of one variable (see ``record_diagnostics``
-            for the cost).
+            time, three reductions per variable and no copy of the model
+            (see ``record_diagnostics`` for the cost).
         optimizers: ``{label: optimizer}`` for models that train with several
             optimizers held outside ``model.optimizer`` (e.g. a GAN); by
             default ``model.optimizer``.

@@ -198,22 +198,23 @@ def update_one_variable_at_a_time(
     change (module doc).
 
     Ordering (``_sequenced``): each variable's update waits for the features'
-    look before it, and each turn for the previous turn's observations, so
-    that a read of one variable is released before it is updated (an
-    in-place update, no copy) and at most one variable's temporaries live at
-    a time.
+    look before it, so that a read of the variable is released before it is
+    updated (in place, no copy). A turn waits for the previous turn's
+    observations (:func:`_waits_for_the_previous_turn`) so that at most one
+    variable's copy or temporaries live at a time.
     """
     own_before = [ops.copy(v.value) for v in own_scalars]
     previous: list[Any] = []
     for index, (grad, variable) in enumerate(zip(grads, variables, strict=True)):
-        grad = _sequenced(previous, grad)
-        looked = before_variable(grad, variable)
         decays = decay is not None and _keras_private.decays(optimizer, variable)
         turn = _Turn(
             variable,
             _keras_private.variable_key(optimizer, variable),
             keras_update_step and _sees_assignments(optimizer, variable, decays),
         )
+        if _waits_for_the_previous_turn(turn):
+            grad = _sequenced(previous, grad)
+        looked = before_variable(grad, variable)
         before = _value_before(variable, turn.watch_assignments)
         step_grad = _sequenced(looked, grad)
         if decay is not None and decays:  # torch refuses an empty list
@@ -228,6 +229,20 @@ def update_one_variable_at_a_time(
             optimizer.__dict__.pop(_TURN, None)
         seen = after_variable(grad, variable, looked, _change(turn, variable, before))
         previous = seen
+
+
+def _waits_for_the_previous_turn(turn: _Turn) -> bool:
+    """Whether a turn starts only once the previous turn's observations exist.
+
+    On JAX, always: XLA then keeps one variable's temporaries at a time (+2 MB
+    in the 29M-parameter benchmark's compiled step, against +64 MB without,
+    and 1.18x the step time against 1.32x). On TensorFlow, only a turn that
+    holds a copy: the executor runs the other turns as their gradients
+    arrive, as plain Keras does, so that the update of the last layers
+    overlaps the backward pass of the first ones (1.03-1.05x the step time
+    without the wait, 1.11-1.15x with it, at batch 32).
+    """
+    return keras.backend.backend() != "tensorflow" or not turn.watch_assignments
 
 
 def _sequenced(previous: list[Any], value: Any) -> Any:
