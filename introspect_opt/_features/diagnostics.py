@@ -418,7 +418,7 @@ def last_update_diagnostics(
         ...}`` as Python floats; ``nan`` where no update has been recorded
         since diagnostics were turned on or state was restored from a file
         without them. Empty when the optimizer does not record diagnostics
-        (see ``record_diagnostics``).
+        (see ``record_diagnostics``) or is not built yet.
 
         With ``per_variable=True``: ``{variable.path: {"gradient_norm",
         "update_norm", "weight_norm", "update_to_weight_ratio",

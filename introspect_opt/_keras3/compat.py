@@ -165,10 +165,24 @@ _TORCH_OPTIMIZERS = "keras.src.backend.torch.optimizers."
 
 
 def generic_update_step(optimizer: Any, grads: Any, variables: Any, learning_rate: Any) -> None:
-    """Keras's generic update step: ``update_step`` for each variable (BaseOptimizer's)."""
-    from keras.src.optimizers.base_optimizer import BaseOptimizer
+    """Keras's generic update step, as plain Keras resolves it for a user's subclass.
 
-    BaseOptimizer._backend_update_step(optimizer, grads, variables, learning_rate)
+    The first ``_backend_update_step`` of a Keras class in the MRO that is
+    not one of the fused torch classes: Nadam's (which advances its
+    ``u_product``, then calls BaseOptimizer's), else BaseOptimizer's, which
+    calls ``update_step`` for each variable.
+    """
+    for klass in type(optimizer).__mro__:
+        step = vars(klass).get(UPDATE_STEP_HOOK)
+        module = klass.__module__
+        if step is None or not module.startswith("keras.") or module.startswith(_TORCH_OPTIMIZERS):
+            continue
+        step(optimizer, grads, variables, learning_rate)
+        return
+    raise RuntimeError(  # pragma: no cover - BaseOptimizer defines it
+        f"no Keras update step found for {type(optimizer).__name__}; please report this "
+        "with your Keras version."
+    )
 
 
 # TensorFlow's checkpointing protocol (checked against TensorFlow 2.20 and
