@@ -88,6 +88,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _memory import reset_peak_rss, status_kb  # benchmarks/, first on sys.path
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 CONFIGS = ("plain", "off", "global", "per_variable")
@@ -291,28 +293,6 @@ def time_rows(jit: str, times: Times, proofs: dict[str, str]) -> list[str]:
 # --- peak memory -------------------------------------------------------------------
 
 
-def _status_kb(field: str) -> int | None:
-    """A ``/proc/self/status`` field in KiB (Linux), or None."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Resets the resident-set high-water mark (Linux >= 4.0); False where it cannot."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear:
-            clear.write("5")
-    except OSError:
-        return False
-    return True
-
-
 def _tf_device() -> str:
     import tensorflow as tf
 
@@ -421,11 +401,11 @@ def child(config: str, widths: tuple[int, ...], jit_compile: bool, steps: int, b
     # also lowers what ru_maxrss reports afterwards: read it before as well.
     maxrss_first = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     gc.collect()
-    resettable = _reset_peak_rss()
-    before = _status_kb("VmRSS") if resettable else None
+    resettable = reset_peak_rss()
+    before = status_kb("VmRSS") if resettable else None
     _reset_device_peak(backend)
     train(model, data, steps)
-    peak_after = _status_kb("VmHWM") if resettable else None
+    peak_after = status_kb("VmHWM") if resettable else None
     maxrss = max(maxrss_first, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     device_mb, device_note = _device_peak(backend)
     xla_temp_mb = xla_total_mb = None

@@ -60,6 +60,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _memory import reset_peak_rss, status_kb  # benchmarks/, first on sys.path
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -69,28 +71,6 @@ MB = 1024 * 1024
 
 
 # --- memory -----------------------------------------------------------------
-
-
-def _status_kb(field: str) -> int | None:
-    """A ``/proc/self/status`` field in KiB (Linux), or None."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Resets the resident-set high-water mark (Linux >= 4.0); False where it cannot."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear:
-            clear.write("5")
-    except OSError:
-        return False
-    return True
 
 
 def _maxrss_kb() -> int:
@@ -110,13 +90,13 @@ def measure(operation: Callable[[], Any], collect: bool = True) -> Sample:
     """
     if collect:
         gc.collect()
-    resettable = _reset_peak_rss()
-    before = _status_kb("VmRSS") if resettable else None
+    resettable = reset_peak_rss()
+    before = status_kb("VmRSS") if resettable else None
     before_max = _maxrss_kb()
     start, start_cpu = time.perf_counter(), time.process_time()
     operation()
     seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-    peak = _status_kb("VmHWM") if resettable else None
+    peak = status_kb("VmHWM") if resettable else None
     if before is not None and peak is not None:
         rss = max(0, peak - before) / 1024
     else:

@@ -126,3 +126,27 @@ class WitnessRecorder(keras.callbacks.Callback):
                 float(keras.ops.convert_to_numpy(inner.witness)),
             )
         )
+
+
+def run_benchmark_quick(script: str) -> str:
+    """Runs ``benchmarks/<script> --quick`` on TensorFlow as a user would; its stdout.
+
+    Fails with the end of its output where the script exits with an error.
+    """
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / script), "--quick"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done.stdout

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import run_benchmark_quick
 
 # The benchmark, like the overhead one (tests/test_examples.py), is written for
 # the TensorFlow backend.
@@ -19,17 +13,8 @@ pytestmark = [pytest.mark.tf_only, pytest.mark.extended]  # .ci/run: `pytest -m 
 @pytest.mark.slow
 def test_persistence_benchmark_runs_and_prints_ratios() -> None:
     """``--quick`` times every operation warm and one first load in fresh processes."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "persistence.py"), "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    lines = done.stdout.splitlines()
+    stdout = run_benchmark_quick("persistence.py")
+    lines = stdout.splitlines()
     for title in ("### Warm (repeated in one process)", "### First load in a fresh process"):
         assert title in lines
     rows = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ")}
@@ -42,4 +27,4 @@ def test_persistence_benchmark_runs_and_prints_ratios() -> None:
         # Every row has numbers in it: times, a ratio ("1.03x"), memory peaks.
         assert operation in rows
         assert rows[operation].count("x |") == 2, rows[operation]
-    assert "Import time in the fresh processes" in done.stdout
+    assert "Import time in the fresh processes" in stdout

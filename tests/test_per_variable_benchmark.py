@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from helpers import run_benchmark_quick
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("plain", "off", "global", "per_variable")
 
 # Run on the TensorFlow backend, like the other benchmarks' smoke runs
@@ -33,17 +28,8 @@ def _rows(lines: list[str], title: str) -> dict[str, list[str]]:
 @pytest.mark.slow
 def test_per_variable_benchmark_runs_and_prints_ratios() -> None:
     """``--quick`` prints a time ratio and a memory peak for every configuration."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "per_variable.py"), "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    lines = done.stdout.splitlines()
+    stdout = run_benchmark_quick("per_variable.py")
+    lines = stdout.splitlines()
     assert "backend tensorflow" in lines[0]
 
     times = _rows(lines, "### Step time (`model.fit`, one process, configurations interleaved)")
@@ -69,4 +55,4 @@ def test_per_variable_benchmark_runs_and_prints_ratios() -> None:
         assert extra.endswith("x)") and " MB (" in extra, memory[config]
     assert memory["off"][3] == "+0 MB (+0.00x)"
     # On a CPU TensorFlow keeps no allocator statistics: the output says so.
-    assert "Allocator peak: get_memory_info('CPU:0') raised ValueError" in done.stdout
+    assert "Allocator peak: get_memory_info('CPU:0') raised ValueError" in stdout
